@@ -1,0 +1,136 @@
+"""The one place that owns terminal output: rich console, progress bars, log files.
+
+Library code reports through `get_console()` / `progress()` / `info()` / `warn()`, never
+`print()`. The CLI configures verbosity and an optional log file once, at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+_state: dict[str, Any] = {"quiet": False, "verbose": False}
+_console = Console(stderr=False, highlight=False)
+_err_console = Console(stderr=True, highlight=False)
+logger = logging.getLogger("vidact")
+
+
+def get_console() -> Console:
+    """The shared stdout console (tables, summaries)."""
+    return _console
+
+
+def configure(
+    *, quiet: bool = False, verbose: bool = False, log_file: str | Path | None = None
+) -> None:
+    """Set verbosity for the whole process and optionally mirror log lines into a file."""
+    _state["quiet"] = quiet
+    _state["verbose"] = verbose
+    logger.handlers.clear()
+    logger.propagate = False
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.DEBUG)
+    handler = RichHandler(console=_err_console, show_path=False, show_time=False, markup=False)
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    if log_file is not None:
+        add_log_file(log_file)
+
+
+def add_log_file(path: str | Path) -> None:
+    """Append every log line (DEBUG and up) to `path`, e.g. a run folder's log.txt."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+
+
+def is_quiet() -> bool:
+    return bool(_state["quiet"])
+
+
+def info(message: str) -> None:
+    logger.info(message)
+
+
+def debug(message: str) -> None:
+    logger.debug(message)
+
+
+def warn(message: str) -> None:
+    logger.warning(message)
+
+
+def error_line(message: str) -> None:
+    """One red line on stderr: the CLI's answer to a user error."""
+    _err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def _show_progress() -> bool:
+    return not _state["quiet"] and _err_console.is_terminal
+
+
+def new_progress(transient: bool = False) -> Progress:
+    """A rich Progress with count, throughput-friendly columns and ETA, drawn on stderr."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=_err_console,
+        transient=transient,
+        disable=not _show_progress(),
+    )
+
+
+@contextlib.contextmanager
+def progress_task(description: str, total: int | None) -> Iterator[Any]:
+    """Context manager yielding `advance(n=1, status="")` for a single progress bar."""
+    with new_progress() as bar:
+        task = bar.add_task(description, total=total, status="")
+
+        def advance(n: int = 1, status: str = "") -> None:
+            bar.update(task, advance=n, status=status)
+
+        yield advance
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate over `items` with a progress bar (silent when quiet or not a terminal)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress_task(description, total) as advance:
+        for item in items:
+            yield item
+            advance()
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+configure()
