@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -83,7 +84,9 @@ def warn(message: str) -> None:
 
 def error_line(message: str) -> None:
     """One red line on stderr: the CLI's answer to a user error."""
-    _err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    _err_console.print(
+        f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+    )
 
 
 def _show_progress() -> bool:
@@ -134,3 +137,23 @@ def stdout_is_terminal() -> bool:
 
 
 configure()
+
+
+def summary_table(title: str, rows: list[tuple[str, str]]) -> None:
+    """The end-of-command summary: a two-column rich table on stdout."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    _console.print(table)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1024 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
