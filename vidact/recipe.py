@@ -70,7 +70,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: str = "repflow_resnet18"
+    name: str
     num_classes: int | None = Field(None, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     weights: str | None = None
@@ -162,7 +162,7 @@ class Recipe(_Section):
 
     name: str = "recipe"
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -318,9 +318,9 @@ def _fields_at(loc: tuple[str, ...]) -> list[str]:
     return []
 
 
-def _did_you_mean(word: str, candidates: list[str]) -> str:
+def _did_you_mean(word: str, candidates: list[str], prefix: tuple[str, ...] = ()) -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{'.'.join((*prefix, close[0]))}'?)" if close else ""
 
 
 _EXPECTED = {
@@ -344,8 +344,10 @@ def _describe(error: Any, loc: tuple[str, ...], sources: Sources, default: str) 
     source = _source_of(loc, sources, default)
     where = f"{source}: " if source != OVERRIDE_SOURCE else f"--set {key}: "
     if error["type"] == "extra_forbidden":
-        hint = _did_you_mean(loc[-1], _fields_at(loc))
+        hint = _did_you_mean(loc[-1], _fields_at(loc), loc[:-1])
         return f"{where}unknown key '{key}'{hint}"
+    if error["type"] == "missing":
+        return f"{where}missing '{key}' (every recipe needs it)"
     expected = _EXPECTED.get(error["type"])
     got = error.get("input")
     if expected is not None:
@@ -391,5 +393,5 @@ def _check_model_kwargs(recipe: Recipe, sources: Sources, default_source: str) -
             candidates = [p for p in params if p != "num_classes"]
             raise RecipeError(
                 f"{where}unknown key 'model.{key}' for model '{name}'"
-                f"{_did_you_mean(key, candidates)}"
+                f"{_did_you_mean(key, candidates, ('model',))}"
             )
