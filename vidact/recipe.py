@@ -32,10 +32,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SyntheticDataConfig(_Section):
+    """Generate the synthetic motion dataset into data.root when it is missing."""
+
+    classes: int = Field(6, ge=1, le=12)
+    videos_per_class: int = Field(50, ge=2)
+    frames: int = Field(16, ge=2)
+    size: int = Field(64, ge=16)
+    seed: int = 0
+
+
 class DataConfig(_Section):
     """Where samples come from and how clips are cut and augmented."""
 
     root: str = "data/synthetic"
+    synthetic: SyntheticDataConfig | None = None
     train_manifest: str = "train.jsonl"
     val_manifest: str = "val.jsonl"
     label_map: str = "labels.txt"
@@ -110,7 +121,8 @@ class ScheduleConfig(_Section):
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
-    min_lr: float = Field(0.0, ge=0)
+    # cosine: the lr decays to min_lr_ratio x lr.
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
 class TrainConfig(_Section):

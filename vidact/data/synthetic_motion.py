@@ -115,8 +115,8 @@ def random_scene(side: int, frame_size: int, rng: np.random.Generator) -> np.nda
     """A (side, side, 3) float32 canvas: smooth coloured noise plus random shapes."""
     unit = frame_size / 64.0
     sigma = rng.uniform(1.5, 4.0) * unit
-    noise = rng.standard_normal((side, side, 3)).astype(np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), sigma)
+    white = rng.standard_normal((side, side, 3)).astype(np.float32)
+    noise = np.asarray(cv2.GaussianBlur(white, (0, 0), sigma), np.float32)
     noise /= noise.std() + 1e-6
     mix = rng.normal(0.0, 45.0, size=(3, 3)).astype(np.float32)
     canvas = noise @ mix + rng.uniform(60.0, 190.0, size=3).astype(np.float32)
@@ -136,8 +136,8 @@ def random_scene(side: int, frame_size: int, rng: np.random.Generator) -> np.nda
             tri = np.stack([np.cos(angles), np.sin(angles)], -1) * radius + np.array(centre)
             cv2.fillPoly(canvas, [tri.astype(np.int32)], colour, cv2.LINE_AA)
     # A light blur softens shape edges so bilinear sampling stays faithful.
-    canvas = cv2.GaussianBlur(canvas, (0, 0), 0.6 * unit)
-    return np.clip(canvas, 0, 255)
+    softened = np.asarray(cv2.GaussianBlur(canvas, (0, 0), 0.6 * unit), np.float32)
+    return np.clip(softened, 0, 255)
 
 
 def render_clip(

@@ -144,7 +144,7 @@ def _write_clip(job: _Job) -> None:
     out = Path(job.out)
     with atomic_path(out / job.video) as tmp:
         writer = cv2.VideoWriter(
-            str(tmp), cv2.VideoWriter_fourcc(*FOURCC), spec.fps, (spec.size, spec.size)
+            str(tmp), cv2.VideoWriter.fourcc(*FOURCC), spec.fps, (spec.size, spec.size)
         )
         if not writer.isOpened():
             raise VidactError(f"{out / job.video}: OpenCV cannot write {FOURCC} MP4 files here")

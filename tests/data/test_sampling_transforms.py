@@ -1,0 +1,98 @@
+"""Clip sampling, the epoch batch sampler, and clip transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidact.data.dataset import EpochBatchSampler
+from vidact.data.sampling import sample_indices, uniform_clip_indices
+from vidact.data.transforms import ClipTransform, center_box, fixed_offsets, multiscale_box
+
+
+def test_consecutive_dense_and_segment_indices() -> None:
+    rng = np.random.default_rng(0)
+    clip = sample_indices("consecutive", 100, 8, stride=4, rng=rng)
+    assert np.all(np.diff(clip) == 1) and 0 <= clip[0] <= 92
+    dense = sample_indices("dense", 100, 8, stride=4, rng=rng)
+    assert np.all(np.diff(dense) == 4) and dense[-1] < 100
+    assert list(sample_indices("dense", 100, 8, stride=4)) == list(range(35, 64, 4))  # centred
+    segments = sample_indices("segment", 80, 8, rng=rng)
+    assert all(10 * k <= i < 10 * (k + 1) for k, i in enumerate(segments))
+    assert list(sample_indices("segment", 80, 8)) == [5, 15, 25, 35, 45, 55, 65, 75]
+
+
+def test_short_videos_repeat_the_last_frame() -> None:
+    assert list(sample_indices("consecutive", 3, 5)) == [0, 1, 2, 2, 2]
+    assert list(sample_indices("segment", 2, 4)) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample_indices("nope", 10, 2)
+
+
+def test_uniform_test_clips_cover_the_video() -> None:
+    clips = uniform_clip_indices("dense", 100, 4, 2, num_clips=3)
+    starts = [int(c[0]) for c in clips]
+    assert starts == sorted(starts) and starts[0] < 20 and starts[-1] > 70
+    assert all(np.all(np.diff(c) == 2) for c in clips)
+
+
+@pytest.mark.parametrize(("size", "world", "batch"), [(10, 2, 4), (9, 2, 4), (11, 3, 2), (7, 1, 3)])
+def test_epoch_batches_cover_every_sample_exactly_once(size: int, world: int, batch: int) -> None:
+    seen: list[int] = []
+    lengths = set()
+    for rank in range(world):
+        sampler = EpochBatchSampler(size, batch, shuffle=True, seed=1, rank=rank, world=world)
+        sampler.set_epoch(3)
+        batches = list(sampler)
+        lengths.add(len(batches))
+        assert all(1 <= len(b) <= batch for b in batches)
+        assert all(epoch == 3 for b in batches for epoch, _ in b)
+        seen += [index for b in batches for _, index in b]
+    assert sorted(seen) == list(range(size))  # every sample once, no padding
+    assert len(lengths) == 1  # every rank takes the same number of steps
+
+
+def test_epoch_batches_shuffle_per_epoch_and_resume_mid_epoch() -> None:
+    sampler = EpochBatchSampler(20, 4, shuffle=True, seed=0)
+    sampler.set_epoch(0)
+    first = [i for b in sampler for _, i in b]
+    sampler.set_epoch(1)
+    second = [i for b in sampler for _, i in b]
+    assert first != second and sorted(first) == sorted(second)
+    sampler.set_epoch(1, start_batch=2)
+    assert [i for b in sampler for _, i in b] == second[8:]
+    assert len(sampler) == 3
+
+
+def test_multiscale_crop_uses_paper_scales_and_fixed_positions() -> None:
+    rng = np.random.default_rng(0)
+    scales = (1.0, 0.875, 0.75, 0.66)
+    sizes = set()
+    for _ in range(300):
+        top, left, h, w = multiscale_box(240, 320, 240, 224, scales, rng)
+        sizes.add((h, w))
+        assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
+    allowed = {round(240 * s) if abs(240 * s - 224) >= 3 else 224 for s in scales}
+    assert {h for h, _ in sizes} <= allowed | {224}
+    assert len(sizes) >= 8  # independent width/height choices at most one step apart
+    assert len(fixed_offsets(320, 240, 224, 224)) == 13
+
+
+def test_center_box_after_short_side_resize() -> None:
+    # 120x160 frame, short side 240 -> 240x320; centre 224 crop -> 112x112 in source pixels
+    assert center_box(120, 160, 240, 224) == (4, 24, 112, 112)
+
+
+def test_clip_transform_shapes_normalisation_and_flow_flip() -> None:
+    frames = np.full((4, 40, 60, 3), 128, np.uint8)
+    out = ClipTransform(train=False, input_size=32, short_side=40)(frames)
+    assert out.shape == (3, 4, 32, 32) and out.dtype == torch.float32
+    expected = (128 / 255 - 0.485) / 0.229
+    assert out[0].mean().item() == pytest.approx(expected, abs=1e-4)
+    flow = np.zeros((2, 32, 32, 2), np.uint8)
+    flow[..., 0] = 200  # motion to the right
+    flow[..., 1] = 128
+    tf = ClipTransform(train=True, input_size=32, short_side=32, crop="center", modality="flow")
+    outs = {round(float(tf(flow, np.random.default_rng(s))[0].mean()), 3) for s in range(12)}
+    assert outs == {round(200 / 127.5 - 1, 3), round(55 / 127.5 - 1, 3)}  # flipped: x negated

@@ -1,0 +1,90 @@
+"""`vidact train` and `vidact finetune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vidact import console
+from vidact.cli.app import app, user_errors
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override a recipe key, e.g. --set optim.lr=0.05 (repeatable)."
+    ),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Run folder (default runs/<recipe>/<timestamp>)."),
+]
+
+
+def _report(result: object) -> None:
+    from vidact.engine.trainer import TrainResult
+
+    assert isinstance(result, TrainResult)
+    metrics = result.last_metrics
+    rows = [("run folder", str(result.run_dir)), ("epochs", str(result.epochs_done))]
+    if "val_top1" in metrics:
+        rows.append(
+            ("val top-1 / top-5", f"{metrics['val_top1']:.1f}% / {metrics['val_top5']:.1f}%")
+        )
+    if result.best_top1 is not None:
+        rows.append(("best val top-1", f"{result.best_top1:.1f}%"))
+    rows.append(("bad videos skipped", str(result.bad_videos)))
+    rows.append(("time", f"{result.seconds:.1f} s"))
+    console.summary_table("training finished", rows)
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: SetOption = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="'auto' (newest run of this recipe) or a checkpoint / run folder."),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Train a model from a recipe (one process, or DDP under torchrun).
+
+    Examples:
+      vidact train recipes/quickstart.yaml
+      vidact train recipes/ctnet_r50.yaml --set data.root=/data/k400 --set train.batch_size=8
+      vidact train recipes/quickstart.yaml --resume auto
+      torchrun --nproc_per_node 4 -m vidact train recipes/repflow_r50_kinetics.yaml
+    """
+    from vidact.engine.trainer import train
+    from vidact.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    _report(train(loaded, resume=resume, output=output))
+
+
+@app.command("finetune")
+@user_errors
+def finetune_command(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file for the new dataset.")],
+    from_: Annotated[
+        Path,
+        typer.Option("--from", help="A vidact checkpoint or a plain state_dict (.pt/.pth)."),
+    ],
+    set_: SetOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Fine-tune pretrained weights on a new dataset; the classifier is replaced to fit
+    the new label map. Freeze with --set train.freeze=backbone (or bn).
+
+    Examples:
+      vidact finetune recipes/repflow_hmdb51_ft.yaml --from runs/repflow_r50_kinetics/X/checkpoints/best.pt
+      vidact finetune recipes/quickstart.yaml --from best.pt --set train.freeze=backbone
+    """
+    from vidact.engine.trainer import train
+    from vidact.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    _report(train(loaded, output=output, init_from=from_))

@@ -1,0 +1,199 @@
+"""torch Datasets over manifests, and the (distributed-aware) DataLoader builder.
+
+Reproducibility: the sampler yields `(epoch, index)` pairs, and every random choice of
+a sample (temporal offset, crop, flip) comes from a generator seeded by
+(seed, epoch, index). A clip is therefore the same whatever the number of workers or
+processes, and a resumed run sees exactly the clips an uninterrupted run would.
+
+Bad videos: a sample whose video fails to decode is replaced by another sample (chosen
+from the same seeded generator); the batch carries the names of the videos that failed
+so the trainer can log each once and count them. Training never stops for one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vidact.data.manifest import Sample
+from vidact.data.sampling import sample_indices
+from vidact.data.transforms import ClipTransform
+from vidact.data.video import read_flow_frames, read_frames
+from vidact.errors import VideoReadError
+
+# How many replacement samples to try before giving up on a batch slot.
+_MAX_REPLACEMENTS = 10
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut from a video."""
+
+    num_frames: int = 16
+    sampler: str = "consecutive"
+    frame_stride: int = 1
+    modality: str = "rgb"  # rgb | flow | rgb+flow
+    video_backend: str | None = None
+
+
+class ClipDataset(Dataset[dict[str, Any]]):
+    """Clips of the videos in a manifest. Items are dicts:
+
+    `clip` float (C, T, S, S); `label` int; `index` int; `failed` the paths that failed to
+    decode while producing this item, joined by newlines ("" when none).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        root: str | Path,
+        spec: ClipSpec,
+        transform: ClipTransform,
+        seed: int = 0,
+    ) -> None:
+        self.samples = samples
+        self.root = Path(root)
+        self.spec = spec
+        self.transform = transform
+        self.seed = seed
+        self.flow_transform = dataclasses.replace(transform, modality="flow")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.transform.train else None
+        failed: list[str] = []
+        current = index
+        for _ in range(_MAX_REPLACEMENTS):
+            try:
+                clip = self.load_clip(self.samples[current], rng)
+                return {
+                    "clip": clip,
+                    "label": self.samples[current].label,
+                    "index": current,
+                    "failed": "\n".join(failed),
+                }
+            except VideoReadError as exc:
+                failed.append(f"{exc.path}: {exc.reason}")
+                pick = rng if rng is not None else np.random.default_rng([self.seed, index])
+                current = int(pick.integers(len(self.samples)))
+        raise VideoReadError(
+            self.root, f"{_MAX_REPLACEMENTS} videos in a row failed to decode; check the dataset"
+        )
+
+    def load_clip(self, sample: Sample, rng: np.random.Generator | None) -> torch.Tensor:
+        """Decode and transform one clip of `sample` (raises VideoReadError)."""
+        spec = self.spec
+        if spec.modality == "rgb":
+            indices = sample_indices(
+                spec.sampler, sample.num_frames, spec.num_frames, spec.frame_stride, rng
+            )
+            frames = read_frames(self.root / sample.path, indices.tolist(), spec.video_backend)
+            return self.transform(frames, rng)
+        if sample.flow is None:
+            raise VideoReadError(self.root / sample.path, "no TV-L1 flow folder in the manifest")
+        # Flow frame t is the flow from frame t to t + 1: one fewer than the video's frames.
+        indices = sample_indices(
+            spec.sampler, max(sample.num_frames - 1, 1), spec.num_frames, spec.frame_stride, rng
+        )
+        flow = read_flow_frames(self.root / sample.flow, indices.tolist())
+        state = rng.bit_generator.state if rng is not None else None
+        flow_clip = self.flow_transform(flow, rng)
+        if spec.modality == "flow":
+            return flow_clip
+        if rng is not None and state is not None:  # RGB gets exactly the flow's crop/flip
+            rng.bit_generator.state = state
+        frames = read_frames(self.root / sample.path, indices.tolist(), spec.video_backend)
+        return torch.cat([self.transform(frames, rng), flow_clip], dim=0)
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of `(epoch, index)` pairs, sharded across ranks, each sample exactly once.
+
+    The epoch's permutation (seeded by seed and epoch) is dealt out rank r, r + W, ...
+    Every rank then cuts its shard into the SAME number of batches, of near-equal size
+    (at most `batch_size`), so DDP ranks always take the same number of steps and no
+    sample is padded in or dropped. `set_epoch(e, start_batch=k)` skips the first k
+    batches, for resuming in the middle of an epoch.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        super().__init__()
+        if size < world:
+            raise ValueError(f"{size} samples cannot be shared by {world} processes")
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        largest_shard = math.ceil(self.size / self.world)
+        return min(math.ceil(largest_shard / self.batch_size), self.size // self.world)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def shard(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        return order[self.rank :: self.world]
+
+    def batches(self) -> list[list[int]]:
+        return [chunk.tolist() for chunk in np.array_split(self.shard(), self.batches_per_epoch)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches()[self.start_batch :]:
+            yield [(self.epoch, index) for index in batch]
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch - self.start_batch, 0)
+
+
+def build_loader(
+    dataset: ClipDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader[dict[str, Any]]:
+    """A DataLoader whose `.batch_sampler` is an EpochBatchSampler (call set_epoch).
+
+    The loader has its own generator, so creating iterators never consumes the global
+    torch RNG: a resumed run draws exactly the random numbers an uninterrupted one would.
+    """
+    batches = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,110 @@
+"""Checkpoints: atomic save, load, `--resume auto`, and head surgery for fine-tuning.
+
+A vidact checkpoint is a dict with:
+    format        "vidact-checkpoint-1"
+    model         the model's state_dict (no DDP "module." prefix)
+    ema           the EMA model's state_dict, or None
+    optimizer, scheduler, scaler   their state_dicts (scaler None without fp16)
+    epoch, step   epochs completed / optimiser steps taken; `batch_in_epoch` > 0 when the
+                  run was stopped in the middle of an epoch (SIGINT/SIGTERM)
+    rng           python, numpy and torch (+ CUDA) RNG states
+    recipe        the resolved recipe as a dict (enough to rebuild the model and data)
+    labels        the label map (class names, index = label)
+    metrics       the latest validation metrics and the best top-1 so far
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vidact import console
+from vidact.atomic import atomic_path
+from vidact.errors import VidactError
+
+FORMAT = "vidact-checkpoint-1"
+LAST, BEST = "last.pt", "best.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save `state` atomically (temp file, then rename)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a vidact checkpoint or a plain state_dict (returned as {"model": ...})."""
+    path = Path(path)
+    if not path.is_file():
+        raise VidactError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise VidactError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return data
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]  # common wrapper of other toolkits
+    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return {"model": strip_prefix(data)}
+    raise VidactError(f"{path}: neither a vidact checkpoint nor a state_dict")
+
+
+def strip_prefix(
+    state: dict[str, torch.Tensor], prefix: str = "module."
+) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items()}
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_resume(run_parent: Path) -> Path | None:
+    """The newest run folder under `run_parent` that has checkpoints/last.pt."""
+    if not run_parent.is_dir():
+        return None
+    candidates = sorted(p for p in run_parent.iterdir() if (p / "checkpoints" / LAST).is_file())
+    return candidates[-1] / "checkpoints" / LAST if candidates else None
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Load the tensors whose names and shapes match; return (loaded, skipped) names.
+
+    This is the head surgery of fine-tuning: a classifier with another number of classes
+    does not match and keeps its fresh initialisation.
+    """
+    own = model.state_dict()
+    state = strip_prefix(state)
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(matching))
+    model.load_state_dict(matching, strict=False)
+    if not matching:
+        raise VidactError(
+            "the checkpoint has no weights that fit this model; is it the same model.name?"
+        )
+    for name in skipped:
+        console.debug(f"fine-tune: {name} starts fresh (not in the checkpoint or another shape)")
+    return sorted(matching), skipped
