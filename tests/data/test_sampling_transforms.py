@@ -72,7 +72,7 @@ def test_multiscale_crop_uses_paper_scales_and_fixed_positions() -> None:
     for _ in range(300):
         top, left, h, w = multiscale_box(240, 320, 240, 224, scales, rng)
         sizes.add((h, w))
-        assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
+        assert top >= 0 and top + h <= 240 and left >= 0 and left + w <= 320
     allowed = {round(240 * s) if abs(240 * s - 224) >= 3 else 224 for s in scales}
     assert {h for h, _ in sizes} <= allowed | {224}
     assert len(sizes) >= 8  # independent width/height choices at most one step apart

@@ -188,7 +188,6 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    import tests.engine.tiny  # noqa: F401
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

@@ -80,7 +80,7 @@ def finetune_command(
     the new label map. Freeze with --set train.freeze=backbone (or bn).
 
     Examples:
-      vidact finetune recipes/repflow_hmdb51_ft.yaml --from runs/repflow_r50_kinetics/X/checkpoints/best.pt
+      vidact finetune recipes/repflow_hmdb51_ft.yaml --from runs/kinetics/X/checkpoints/best.pt
       vidact finetune recipes/quickstart.yaml --from best.pt --set train.freeze=backbone
     """
     from vidact.engine.trainer import train
