@@ -26,6 +26,13 @@ def _moving_clip(size: int = 48) -> tuple[np.ndarray, tuple[float, float]]:
     return np.repeat(gray[..., None], 3, axis=-1), (1.0, -0.5)
 
 
+def _shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """`image` with its content moved by (dx, dy) pixels (bicubic, reflected border)."""
+    h, w = image.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return cv2.remap(image, xs - dx, ys - dy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
 @pytest.mark.parametrize("bound", [20.0, 5.0])
 def test_quantize_round_trip(bound: float) -> None:
     rng = np.random.default_rng(0)
@@ -83,11 +90,18 @@ def test_compute_flow_torch_and_opencv_agree_on_translation() -> None:
 
 
 def test_compute_flow_grayscale_float_and_batches() -> None:
-    frames = np.stack([texture(32, 40, seed=s) for s in range(4)]) / 255.0
+    tex = texture(32, 40, seed=12)
+    shifts = [(0.0, 0.0), (1.0, 0.5), (2.0, 0.0), (2.5, -1.0)]  # texture position per frame
+    frames = np.stack([_shifted(tex, dx, dy) for dx, dy in shifts]) / 255.0
     one_by_one = compute_flow(frames, backend="torch", batch_size=1)
     batched = compute_flow(torch.from_numpy(frames), backend="torch", batch_size=3)
+    threaded = compute_flow(frames, backend="torch", batch_size=1, workers=2)
     assert one_by_one.shape == (3, 32, 40, 2)
+    inner = one_by_one[:, 6:-6, 6:-6]
+    expected = np.diff(np.array(shifts), axis=0)
+    np.testing.assert_allclose(np.median(inner, axis=(1, 2)), expected, atol=0.1)
     np.testing.assert_allclose(one_by_one, batched, atol=1e-4)
+    np.testing.assert_array_equal(one_by_one, threaded)
 
 
 def test_available_backends_and_auto() -> None:

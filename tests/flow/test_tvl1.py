@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import cv2
@@ -117,6 +118,18 @@ def test_masked_steps_give_the_same_flow() -> None:
     every7 = tvl1_flow(i0, i1, device=CPU, check_every=7, stats=s7)
     torch.testing.assert_close(every1, every7, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(s1["iterations"], s7["iterations"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs g++")
+def test_compiled_iterations_match_eager() -> None:
+    a = field_pair(32, 2.0, seed=8)
+    b = translation_pair(32, 0.0, 0.0, seed=9)
+    i0 = torch.from_numpy(np.stack([a[0], b[0]])).float()
+    i1 = torch.from_numpy(np.stack([a[1], b[1]])).float()
+    eager = tvl1_flow(i0, i1, device=CPU)
+    compiled = tvl1_flow(i0, i1, device=CPU, compile=True, check_every=4)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
 
 
 def test_cuda_preset_bilinear_and_single_pair_shapes() -> None:

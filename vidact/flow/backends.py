@@ -11,6 +11,7 @@ Backends:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from vidact import console
 from vidact.errors import VidactError
-from vidact.flow.tvl1 import TVL1Params, tvl1_flow
+from vidact.flow.tvl1 import TVL1Params, default_device, tvl1_flow
 
 __all__ = [
     "BACKENDS",
@@ -148,21 +149,48 @@ def _flow_torch(
     params: TVL1Params,
     batch_size: int | None,
     device: torch.device | str | None,
+    workers: int,
+    compile: bool,
     advance: Any,
 ) -> np.ndarray:
-    dev = torch.device(device) if device is not None else None
-    on_gpu = (dev.type == "cuda") if dev is not None else torch.cuda.is_available()
-    # On a CPU, one pair at a time keeps the working set in cache and is fastest here;
-    # on a GPU, large batches fill the device.
-    bs = batch_size or (64 if on_gpu else 1)
+    dev = torch.device(device) if device is not None else default_device()
+    on_cpu = dev.type == "cpu"
+    # On a CPU, one pair per call keeps the working set in cache; on a GPU, large batches
+    # fill the device.
+    bs = batch_size or (1 if on_cpu else 64)
     frames = torch.from_numpy(gray)
     n = gray.shape[0] - 1
     out = np.empty((n, *gray.shape[1:], 2), dtype=np.float32)
-    for start in range(0, n, bs):
+    starts = list(range(0, n, bs))
+
+    def one(start: int) -> int:
         stop = min(start + bs, n)
-        flow = tvl1_flow(frames[start:stop], frames[start + 1 : stop + 1], params, device=dev)
+        flow = tvl1_flow(
+            frames[start:stop],
+            frames[start + 1 : stop + 1],
+            params,
+            device=dev,
+            compile=compile,
+            num_threads=None,  # set once below, not per call (calls may run in threads)
+        )
         out[start:stop] = flow.permute(0, 2, 3, 1).cpu().numpy()
-        advance(stop - start)
+        return stop - start
+
+    threads_before = torch.get_num_threads()
+    if on_cpu:
+        # One intra-op thread per worker (see tvl1_flow's num_threads); parallelism comes
+        # from the workers, which run whole batches side by side (torch releases the GIL).
+        torch.set_num_threads(1)
+    try:
+        if workers <= 1 or len(starts) == 1:
+            for start in starts:
+                advance(one(start))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for done in pool.map(one, starts):
+                    advance(done)
+    finally:
+        torch.set_num_threads(threads_before)
     return out
 
 
@@ -250,6 +278,8 @@ def compute_flow(
     batch_size: int | None = None,
     *,
     device: torch.device | str | None = None,
+    workers: int = 1,
+    compile: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """TV-L1 flow between consecutive frames.
@@ -261,6 +291,10 @@ def compute_flow(
         every backend, so all backends solve the same problem.
     batch_size: pairs per torch call (default 1 on CPU, 64 on GPU); ignored by OpenCV.
     device: torch backend only: where to compute (default CUDA if available, else CPU).
+    workers: torch backend only: batches computed side by side in threads (each with one
+        torch thread on CPU); 2 on a 2-core CPU gives ~1.3x the throughput of 1.
+    compile: torch backend only: run the iterations through torch.compile (see
+        `tvl1_flow`).
     progress: show a progress bar through `vidact.console`.
     Returns float32 (T-1, H, W, 2) flow in pixels, x (right) then y (down), frame t to t+1.
     """
@@ -272,7 +306,7 @@ def compute_flow(
 
     def run(advance: Any) -> np.ndarray:
         if name == "torch":
-            return _flow_torch(gray, params, batch_size, device, advance)
+            return _flow_torch(gray, params, batch_size, device, workers, compile, advance)
         if name == "opencv":
             return _flow_opencv(gray, is_uint8, params, advance)
         return _flow_opencv_cuda(gray, is_uint8, params, advance)

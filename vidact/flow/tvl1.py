@@ -18,6 +18,7 @@ iterations end as soon as every pair of the batch has stopped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -190,33 +191,46 @@ def _tvl1_steps(
     Returns u, p, the per-pair "still running" flags after the last step, and the number
     of steps each pair actually took (b,).
     """
-    c = u.shape[1]
-    norm = 1.0 / (u.shape[-1] * u.shape[-2])
+    b, c, h, w = u.shape
+    # Stop when mean |u_new - u|^2 <= eps^2, i.e. when ||u_new - u|| <= eps * sqrt(h w).
+    tol = math.sqrt(eps2 * h * w)
     still = running
-    applied = torch.zeros(u.shape[0], dtype=torch.int32, device=u.device)
+    applied = torch.zeros(b, dtype=torch.int32, device=u.device)
+    # Forward gradient of u, (b, 2, C, h, w): x parts then y parts, like p. Its last
+    # column (x) and last row (y) stay 0: the Neumann boundary of [IPOL] eq. 26.
+    grad_u = u.new_zeros(b, 2, c, h, w)
     for _ in range(n_steps):
+        p5 = p.view(b, 2, c, h, w)
         # Residual rho(u) = I1(x+u0) + grad I1(x+u0).(u-u0) - I0  ([IPOL] eq. 15).
-        rho = rho_c + (g * u).sum(dim=1, keepdim=True)
+        rho = (g * u).sum(dim=1, keepdim=True).add_(rho_c)
         # Thresholding step TH ([IPOL] eq. 21): v = u - clip(rho/|g|^2, -l_t, l_t) g covers
         # the three cases rho < -l_t|g|^2, rho > l_t|g|^2 and |rho| <= l_t|g|^2 at once.
-        v = u - (rho * inv_g2).clamp(-l_t, l_t) * g
-        # u = v + theta div p  ([IPOL] eq. 22).
-        u_new = v + theta * _divergence(p[:, :c], p[:, c:])
-        err = (u_new - u).square().sum(dim=(1, 2, 3)) * norm
+        step = rho.mul_(inv_g2).clamp_(-l_t, l_t)
+        v = torch.addcmul(u, step, g, value=-1.0)
+        # u = v + theta div p  ([IPOL] eq. 22), div by backward differences ([IPOL] eq. 27)
+        # (p's last column / row are 0, see grad_u).
+        px, py = p5[:, 0], p5[:, 1]
+        div = px + py
+        div[..., :, 1:] -= px[..., :, :-1]
+        div[..., 1:, :] -= py[..., :-1, :]
+        u_new = v.add_(div, alpha=theta)
+        err = torch.linalg.vector_norm((u_new - u).view(b, -1), dim=1)
         # Dual update p = (p + tau/theta grad u) / (1 + tau/theta |grad u|)  ([IPOL] eq. 23).
-        ux, uy = _forward_gradient(u_new)
-        den = 1.0 + taut * torch.sqrt(ux.square() + uy.square())
-        p_new = (p + taut * torch.cat([ux, uy], dim=1)) / torch.cat([den, den], dim=1)
+        torch.sub(u_new[..., :, 1:], u_new[..., :, :-1], out=grad_u[:, 0, ..., :, :-1])
+        torch.sub(u_new[..., 1:, :], u_new[..., :-1, :], out=grad_u[:, 1, ..., :-1, :])
+        gx, gy = grad_u[:, 0], grad_u[:, 1]
+        den = torch.addcmul(gx * gx, gy, gy).sqrt_().mul_(taut).add_(1.0).unsqueeze(1)
+        p_new = torch.add(p5, grad_u, alpha=taut).div_(den).view(b, 2 * c, h, w)
         if still is None:
             u, p = u_new, p_new
             applied = applied + 1
-            still = err > eps2
+            still = err > tol
         else:
             keep = still.view(-1, 1, 1, 1)
             u = torch.where(keep, u_new, u)
             p = torch.where(keep, p_new, p)
             applied = applied + still.to(torch.int32)
-            still = still & (err > eps2)
+            still = still & (err > tol)
     assert still is not None
     return u, p, still, applied
 
@@ -346,17 +360,25 @@ def tvl1_flow(
     compile: bool | None = None,
     check_every: int | None = None,
     stats: dict[str, Any] | None = None,
+    num_threads: int | None = 1,
 ) -> torch.Tensor:
     """TV-L1 flow from frame `i0` to frame `i1` for a batch of pairs.
 
     i0, i1: (B, H, W) or (H, W) grayscale, float on a 0-255 scale (uint8 is converted).
     params: `TVL1Params` (default: OpenCV's CPU defaults).
     device: where to compute (default: CUDA if available, else CPU).
-    compile: run the iterations through `torch.compile` (default: off; on CPU it needs a
-        C++ compiler and pays a one-off compilation cost).
+    compile: run the iterations through `torch.compile` (default off). On CPU it needs a
+        C++ compiler, costs seconds once per process, and measured no faster than the
+        hand-fused eager iteration; it is meant for GPUs, where it merges the ~20 small
+        kernels of an iteration into a few.
     check_every: iterations between host-side convergence checks (default 1 on CPU, 10 on
         CUDA); in between, converged pairs are frozen by a per-pair mask, so the result
         does not depend on it.
+    num_threads: on CPU, torch intra-op threads while this call runs (restored after);
+        None keeps the current setting. The default 1 is deliberate: the per-op work here
+        is small, a second thread gains little, and on a shared CPU an OpenMP thread that
+        gets descheduled stalls every op (10x slow-downs measured on 2 busy cores). Run
+        several processes (or `compute_flow(workers=...)`) to use more cores.
     stats: if given, filled with "iterations": (B,) numpy int64, the TV-L1 iterations each
         pair took over all scales and warps, and "work": (B,) float64, the same weighted
         by each scale's pixel count relative to full size (full-size-equivalent iterations).
@@ -371,41 +393,63 @@ def tvl1_flow(
         i0, i1 = i0.unsqueeze(0), i1.unsqueeze(0)
     if i0.dim() != 3:
         raise ValueError(f"expected (B, H, W) or (H, W) frames, got {tuple(i0.shape)}")
-    b, h, w = i0.shape
+    h, w = i0.shape[-2:]
     if h < 3 or w < 3:
         raise ValueError(f"frames must be at least 3x3 pixels, got {h}x{w}")
     if check_every is None:
         check_every = 1 if dev.type == "cpu" else 10
     step = _step_fn(bool(compile))
+
+    threads_before = torch.get_num_threads()
+    if dev.type == "cpu" and num_threads is not None and num_threads != threads_before:
+        torch.set_num_threads(num_threads)
+    try:
+        with torch.no_grad():
+            flow = _coarse_to_fine(i0, i1, params, dev, check_every, step, stats)
+    finally:
+        if torch.get_num_threads() != threads_before:
+            torch.set_num_threads(threads_before)
+    return flow[0] if squeeze else flow
+
+
+def _coarse_to_fine(
+    i0: torch.Tensor,
+    i1: torch.Tensor,
+    params: TVL1Params,
+    dev: torch.device,
+    check_every: int,
+    step: StepFn,
+    stats: dict[str, Any] | None,
+) -> torch.Tensor:
+    """The pyramid loop of [IPOL] (coarse to fine), on (B, H, W) frames."""
+    b, h, w = i0.shape
     c = 3 if params.gamma > 0 else 2
+    im0 = i0.to(dev, torch.float32).unsqueeze(1)
+    im1 = i1.to(dev, torch.float32).unsqueeze(1)
+    sizes = _pyramid_sizes(h, w, params)
+    # Image pyramid: plain bilinear down-scaling by scale_step per level, as OpenCV.
+    p0, p1 = [im0], [im1]
+    for size in sizes[1:]:
+        p0.append(_resize(p0[-1], size))
+        p1.append(_resize(p1[-1], size))
 
-    with torch.no_grad():
-        im0 = i0.to(dev, torch.float32).unsqueeze(1)
-        im1 = i1.to(dev, torch.float32).unsqueeze(1)
-        sizes = _pyramid_sizes(h, w, params)
-        # Image pyramid: plain bilinear down-scaling by scale_step per level, as OpenCV.
-        p0, p1 = [im0], [im1]
-        for size in sizes[1:]:
-            p0.append(_resize(p0[-1], size))
-            p1.append(_resize(p1[-1], size))
-
-        u = torch.zeros(b, c, *sizes[-1], device=dev)
-        total = torch.zeros(b, dtype=torch.int64)
-        work = torch.zeros(b, dtype=torch.float64)
-        for level in range(len(sizes) - 1, -1, -1):
-            counts = torch.zeros(b, dtype=torch.int64) if stats is not None else None
-            u = _one_scale(p0[level], p1[level], u, params, check_every, step, counts)
-            if counts is not None:
-                total += counts
-                work += counts.double() * (sizes[level][0] * sizes[level][1] / (h * w))
-            if level > 0:
-                # Upsample the flow to the next finer level and rescale its magnitude.
-                (ch, cw), (nh, nw) = sizes[level], sizes[level - 1]
-                u = _resize(u, (nh, nw))
-                u[:, 0] *= nw / cw
-                u[:, 1] *= nh / ch
-        flow = u[:, :2].contiguous()
+    u = torch.zeros(b, c, *sizes[-1], device=dev)
+    total = torch.zeros(b, dtype=torch.int64)
+    work = torch.zeros(b, dtype=torch.float64)
+    for level in range(len(sizes) - 1, -1, -1):
+        counts = torch.zeros(b, dtype=torch.int64) if stats is not None else None
+        u = _one_scale(p0[level], p1[level], u, params, check_every, step, counts)
+        if counts is not None:
+            total += counts
+            work += counts.double() * (sizes[level][0] * sizes[level][1] / (h * w))
+        if level > 0:
+            # Upsample the flow to the next finer level and rescale its magnitude.
+            (ch, cw), (nh, nw) = sizes[level], sizes[level - 1]
+            u = _resize(u, (nh, nw))
+            u[:, 0] *= nw / cw
+            u[:, 1] *= nh / ch
+    flow = u[:, :2].contiguous()
     if stats is not None:
         stats["iterations"] = total.numpy()
         stats["work"] = work.numpy()
-    return flow[0] if squeeze else flow
+    return flow
