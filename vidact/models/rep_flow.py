@@ -1,0 +1,375 @@
+"""The representation flow layer (Piergiovanni & Ryoo, CVPR 2019) and the blocks built on it.
+
+- ``RepresentationFlow``: Algorithm 1, the unrolled single-scale TV-L1 of Eqs. 2-10, on two
+  feature maps F1, F2 of shape (B, C, H, W) -> flow (B, 2C, H, W), x then y per channel.
+- ``FlowBlock``: 1x1 conv C -> C' (32), [0, 255] normalisation, the flow between
+  consecutive frames, 3x3 conv 2C' -> C, BN, merge with the input features (residual by
+  default), ReLU. (N, C, T, H, W) in, (N, C, T - 1, H, W) out; with ``stacked=2`` the
+  flow-of-flow (Table 5 "FoF") and T - 2 frames out.
+- ``flow_parameters(model)``: the flow layers' learnable parameters, which the trainer puts
+  in a group with lr = ``FLOW_LR_SCALE`` x base lr (paper, appendix A).
+
+Conventions (tested):
+
+- x grows with the width index (right), y with the height index (down); the flow u of a
+  pair satisfies F1(p) ~ F2(p + u): content moving right gives u_x > 0, moving down u_y > 0.
+- The paper writes Eq. 8 / Eq. 10 as true convolutions (*). torch's conv2d is
+  cross-correlation, so the printed Sobel kernels (stored as printed in the parameters) are
+  flipped before use; they then give +d/dx, +d/dy. The divergence kernels of Eq. 9 are
+  stored as printed and applied to p zero-padded on its first column (row) as
+  w0 * p[j-1] + w1 * p[j], which with the initial [-1, 1] is Eq. 6's backward difference.
+  grad u and div p must be (minus) adjoint to each other; with any other pairing the
+  "smoothing" step anti-smooths and the layer stops computing flow.
+- Sobel borders replicate the edge (a constant map has zero gradient, also at the border).
+- Eq. 5 is applied per flow component d in {x, y}, each with its own dual field p_d in R^2
+  and grad u_d = (Sobel_x * u_d, Sobel_y * u_d): the TV-L1 of Zach et al. 2007 that the
+  paper unrolls. |grad u_d| is sqrt(. + ``NORM_EPS``) so that its gradient exists at 0.
+- Units: the printed Sobel sums to 8 times the gradient, so the flow comes out 1/8 of the
+  displacement in pixels. ``normalize_sobel=True`` divides the kernels by 8 and gives
+  pixels (compare-tvl1 uses it). The networks use the paper's unnormalised kernels.
+- Eq. 3's third case divides by |grad F2|^2 (Algorithm 1's "|F2|^2" is a typo); where it
+  is 0 the update is v = u (the limit of the first two cases), computed without a NaN.
+
+Speed: the three cases of Eq. 3 are one clamp, v = u - grad F2 * clamp(rho / |grad F2|^2,
+-lambda*theta, lambda*theta); all B*C channels and both flow components go through single
+depthwise conv2d calls (no Python work per channel). In training, each iteration is
+recomputed in the backward pass (``torch.utils.checkpoint``), so the memory kept is the
+state (u, p) per iteration instead of every intermediate; gradients are exact. The core
+runs in float32 with autocast disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vidact.errors import VidactError
+
+# ----------------------------------------------------------------------- the paper's numbers
+SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))  # Eq. 8 / 10, as printed
+SOBEL_Y = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))  # Eq. 8 / 10, as printed
+SOBEL_GAIN = 8.0  # response of the printed Sobel to a unit ramp; /8 gives flow in pixels
+DIV_X = (-1.0, 1.0)  # Eq. 9, initial w_x
+DIV_Y = (-1.0, 1.0)  # Eq. 9, initial w_y (a column: top, bottom)
+# Initial tau, lambda, theta: the classic TV-L1 values (Zach, Pock & Bischof, DAGM 2007;
+# Sanchez, Meinhardt-Llopis & Facciolo, "TV-L1 Optical Flow Estimation", IPOL 2013; the
+# defaults of OpenCV's DualTVL1OpticalFlow), tuned for images in [0, 255] (section 3.2).
+TAU = 0.25  # time step
+LAMBDA = 0.15  # data-term weight
+THETA = 0.3  # coupling between u and v
+NORM_EPS = 1e-12  # inside sqrt(|grad u|^2 + eps), Eq. 5
+FLOW_CHANNELS = 32  # C' of the 1x1 reduction (appendix A)
+ITERATIONS = 20  # Table 3 / Table 9: 10 or 20 iterations; 20 for the final models
+FLOW_LR_SCALE = 0.01  # appendix A: lr of tau, lambda, theta, div. and Sobel = 0.01 x lr
+LEARN_DEFAULT = ("divergence", "tvl1")  # Table 2's best: divergence + tau, lambda, theta
+PIXEL_RANGE = 255.0  # section 3.2: reduced features are normalised to [0, 255]
+LEARNABLE_GROUPS = ("sobel", "divergence", "tvl1")
+MERGES = ("add", "none", "multiply", "concat", "layer_multiply")
+
+
+def _learn_set(learn: str | Iterable[str]) -> set[str]:
+    if isinstance(learn, str):
+        if learn == "all":
+            return set(LEARNABLE_GROUPS)
+        if learn == "none":
+            return set()
+        learn = (learn,)
+    groups = set(learn)
+    unknown = groups - set(LEARNABLE_GROUPS)
+    if unknown:
+        raise VidactError(
+            f"flow learn={sorted(unknown)} not understood; use a subset of {LEARNABLE_GROUPS}, "
+            "'all' or 'none'"
+        )
+    return groups
+
+
+def _gradient(x: Tensor, kx: Tensor | None, ky: Tensor | None) -> Tensor:
+    """Sobel gradient (Eq. 8 / Eq. 10) of every (H, W) map of x -> (..., 2, H, W) = d/dx,
+    d/dy, edge-replicated borders, true convolution with the printed kernels.
+
+    ``kx``/``ky`` None: the printed Sobel kernels, evaluated separably (central difference
+    then [1, 2, 1] smoothing); otherwise any 3x3 kernels, tap by tap on shifted views."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")  # padded[i + 1, j + 1] = x[i, j]
+    if kx is None or ky is None:
+        dx = padded[..., :, 2:] - padded[..., :, :-2]
+        gx = torch.add(dx[..., :-2, :] + dx[..., 2:, :], dx[..., 1:-1, :], alpha=2)
+        dy = padded[..., 2:, :] - padded[..., :-2, :]
+        gy = torch.add(dy[..., :, :-2] + dy[..., :, 2:], dy[..., :, 1:-1], alpha=2)
+    else:
+        # (K * x)(i, j) = sum_ab K[a, b] x(i + 1 - a, j + 1 - b) = K[a, b] padded[i + 2 - a, ...]
+        views = [
+            [padded[..., 2 - a : 2 - a + h, 2 - b : 2 - b + w] for b in range(3)] for a in range(3)
+        ]
+        gx = views[0][0] * kx[0, 0]
+        gy = views[0][0] * ky[0, 0]
+        for a in range(3):
+            for b in range(3):
+                if a or b:
+                    gx = torch.addcmul(gx, views[a][b], kx[a, b])
+                    gy = torch.addcmul(gy, views[a][b], ky[a, b])
+    return torch.stack([gx, gy], dim=-3)
+
+
+def _divergence(px: Tensor, py: Tensor, wx: Tensor, wy: Tensor) -> Tensor:
+    """Eq. 9 on p zero-padded on its first column / row: w0 * p[j-1] + w1 * p[j] along x,
+    the same along y (Eq. 6 for w = [-1, 1])."""
+    div = torch.addcmul(px * wx[1], py, wy[1])
+    div[..., :, 1:] += px[..., :, :-1] * wx[0]
+    div[..., 1:, :] += py[..., :-1, :] * wy[0]
+    return div
+
+
+def _step(
+    u: Tensor,
+    p: Tensor,
+    rho_c: Tensor,
+    grad_f2: Tensor,
+    inv_sq: Tensor,
+    kx: Tensor | None,
+    ky: Tensor | None,
+    scale: float,
+    wx: Tensor,
+    wy: Tensor,
+    lam_theta: Tensor,
+    theta: Tensor,
+    tau_theta: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One iteration of Algorithm 1 for all maps at once.
+
+    u: (M, 2, H, W) flow (x, y); p: (M, 2, 2, H, W) dual fields, p[:, d, e] for flow
+    component d and direction e; grad_f2: (M, 2, H, W); inv_sq: 1 / |grad F2|^2 (1 where it
+    is 0), rho_c: (M, 1, H, W).
+    """
+    rho = torch.addcmul(rho_c, grad_f2[:, :1], u[:, :1])  # Eq. 2
+    rho = torch.addcmul(rho, grad_f2[:, 1:], u[:, 1:])
+    shrink = torch.clamp(rho * inv_sq, -lam_theta, lam_theta)  # Eq. 3, the three cases
+    v = torch.addcmul(u, grad_f2, shrink, value=-1)
+    u = torch.addcmul(v, _divergence(p[:, :, 0], p[:, :, 1], wx, wy), theta)  # Eq. 4
+    grad_u = _gradient(u, kx, ky)  # Eq. 10, (M, 2, 2, H, W)
+    if scale != 1.0:
+        grad_u = grad_u * scale
+    norm = torch.sqrt(
+        torch.addcmul(grad_u[:, :, :1] ** 2, grad_u[:, :, 1:], grad_u[:, :, 1:]) + NORM_EPS
+    )
+    p = torch.addcmul(p, grad_u, tau_theta) / torch.addcmul(torch.ones_like(norm), norm, tau_theta)
+    return u, p  # Eq. 5 above
+
+
+class RepresentationFlow(nn.Module):
+    """Algorithm 1: unrolled TV-L1 between feature maps, every channel on its own.
+
+    Args:
+        iterations: number of unrolled iterations (parameters shared across them, Fig. 2).
+        learn: learnable parameter groups among "sobel" (Eq. 8/10 kernels), "divergence"
+            (w_x, w_y of Eq. 9) and "tvl1" (tau, lambda, theta); or "all" / "none".
+            Default: divergence + tvl1 (Table 2). Fixed ones are buffers.
+        normalize_sobel: divide the Sobel kernels by 8 so the flow is in pixels.
+        tau, lam, theta: initial values (default: the classic TV-L1 values above).
+        checkpoint: recompute each iteration in the backward pass (exact, bounded memory).
+    """
+
+    def __init__(
+        self,
+        iterations: int = ITERATIONS,
+        learn: str | Iterable[str] = LEARN_DEFAULT,
+        normalize_sobel: bool = False,
+        tau: float = TAU,
+        lam: float = LAMBDA,
+        theta: float = THETA,
+        sobel_x: Sequence[Sequence[float]] = SOBEL_X,
+        sobel_y: Sequence[Sequence[float]] = SOBEL_Y,
+        div_x: Sequence[float] = DIV_X,
+        div_y: Sequence[float] = DIV_Y,
+        checkpoint: bool = True,
+    ) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise VidactError(f"flow iterations={iterations} must be >= 1")
+        self.iterations = iterations
+        self.normalize_sobel = normalize_sobel
+        self.checkpoint = checkpoint
+        groups = _learn_set(learn)
+        values: dict[str, dict[str, object]] = {
+            "sobel": {"sobel_x": sobel_x, "sobel_y": sobel_y},
+            "divergence": {"div_x": div_x, "div_y": div_y},
+            "tvl1": {"tau": tau, "lam": lam, "theta": theta},
+        }
+        for group, tensors in values.items():
+            for name, value in tensors.items():
+                t = torch.tensor(value, dtype=torch.float32)
+                if group in groups:
+                    self.register_parameter(name, nn.Parameter(t))
+                else:
+                    self.register_buffer(name, t)
+
+    sobel_x: Tensor
+    sobel_y: Tensor
+    div_x: Tensor
+    div_y: Tensor
+    tau: Tensor
+    lam: Tensor
+    theta: Tensor
+
+    def extra_repr(self) -> str:
+        learned = [n for n, _ in self.named_parameters(recurse=False)]
+        return (
+            f"iterations={self.iterations}, normalize_sobel={self.normalize_sobel}, "
+            f"learned={learned}"
+        )
+
+    def forward(self, f1: Tensor, f2: Tensor) -> Tensor:
+        if f1.shape != f2.shape or f1.dim() != 4:
+            raise ValueError(
+                f"flow inputs must be two (B, C, H, W) maps, got {f1.shape}, {f2.shape}"
+            )
+        b, c, h, w = f1.shape
+        dtype = torch.float64 if f1.dtype == torch.float64 else torch.float32
+        scale = 1.0 / SOBEL_GAIN if self.normalize_sobel else 1.0
+        printed = (
+            not self.sobel_x.requires_grad
+            and not self.sobel_y.requires_grad
+            and torch.equal(self.sobel_x, self.sobel_x.new_tensor(SOBEL_X))
+            and torch.equal(self.sobel_y, self.sobel_y.new_tensor(SOBEL_Y))
+        )
+        kx = None if printed else self.sobel_x.to(dtype)
+        ky = None if printed else self.sobel_y.to(dtype)
+        with torch.autocast(f1.device.type, enabled=False):
+            f1 = f1.to(dtype).reshape(b * c, 1, h, w)
+            f2 = f2.to(dtype).reshape(b * c, 1, h, w)
+            grad_f2 = _gradient(f2, kx, ky).reshape(b * c, 2, h, w)  # Eq. 8
+            if scale != 1.0:
+                grad_f2 = grad_f2 * scale
+            sq = (grad_f2 * grad_f2).sum(1, keepdim=True)
+            inv_sq = 1.0 / torch.where(sq > 0, sq, torch.ones_like(sq))
+            rho_c = f2 - f1
+            theta = self.theta.to(dtype)
+            lam_theta = self.lam.to(dtype) * theta
+            tau_theta = self.tau.to(dtype) / theta
+            wx, wy = self.div_x.to(dtype), self.div_y.to(dtype)
+            u = f1.new_zeros(b * c, 2, h, w)
+            p = f1.new_zeros(b * c, 2, 2, h, w)
+            consts = (rho_c, grad_f2, inv_sq, kx, ky, scale, wx, wy, lam_theta, theta, tau_theta)
+            recompute = self.checkpoint and torch.is_grad_enabled()
+            for _ in range(self.iterations):
+                if recompute:
+                    u, p = checkpoint(_step, u, p, *consts, use_reentrant=False)
+                else:
+                    u, p = _step(u, p, *consts)
+        return u.reshape(b, 2 * c, h, w)
+
+
+def normalize_range(x: Tensor, dims: tuple[int, ...] = (2, 3, 4), eps: float = 1e-6) -> Tensor:
+    """Min-max normalise each (sample, channel) to [0, 255] over ``dims`` (section 3.2).
+
+    A whole clip shares one range per channel, so F1 and F2 are scaled alike and the
+    brightness-constancy residual F2 - F1 means the same at every frame pair."""
+    lo = x.amin(dim=dims, keepdim=True)
+    hi = x.amax(dim=dims, keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(eps) * PIXEL_RANGE
+
+
+class FlowBlock(nn.Module):
+    """The flow layer as it sits inside a network (section 3.2, appendix A, Fig. 3).
+
+    (N, C, T, H, W) -> (N, C, T - stacked, H, W). Steps: 1x1 conv C -> C' per frame,
+    ``normalize_range`` to [0, 255], flow of every consecutive pair (``stacked`` times: 2 is
+    the flow-of-flow "FoF" of Table 5, the flow re-normalised in between), 3x3 conv
+    2C' * 2^(stacked-1) -> C, BN, then ``merge`` with the input features, then ReLU.
+
+    Temporal alignment: output frame t holds the flow from frame t to t + 1 (for FoF, of the
+    frames t, t + 1, t + 2) and is merged with input frame t; the last frame is dropped.
+    This is the grid the flow lives on: u is defined at F1's pixels (F1(p) = F2(p + u)).
+
+    ``merge`` (Table 4, Fig. 4): "add" (residual, the CNN continues; default), "none" (the
+    flow feature alone, Fig. 4a), "multiply", "concat" (then a 1x1 conv 2C -> C and BN),
+    "layer_multiply" (a 1x1 conv + BN on the input features, times the flow feature).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        flow_channels: int = FLOW_CHANNELS,
+        stacked: int = 1,
+        merge: str = "add",
+        **flow_kwargs: object,
+    ) -> None:
+        super().__init__()
+        if merge not in MERGES:
+            raise VidactError(f"flow block merge {merge!r} must be one of {MERGES}")
+        if stacked < 1:
+            raise VidactError(f"flow block stacked={stacked} must be >= 1")
+        self.merge = merge
+        self.stacked = stacked
+        self.reduce = nn.Conv2d(in_channels, flow_channels, 1)
+        self.flows = nn.ModuleList(
+            RepresentationFlow(**flow_kwargs)  # type: ignore[arg-type]
+            for _ in range(stacked)
+        )
+        out_flow = flow_channels * 2**stacked
+        self.expand = nn.Conv2d(out_flow, in_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(in_channels)
+        self.mix: nn.Module | None = None
+        if merge == "concat":
+            self.mix = nn.Sequential(
+                nn.Conv2d(2 * in_channels, in_channels, 1, bias=False), nn.BatchNorm2d(in_channels)
+            )
+        elif merge == "layer_multiply":
+            self.mix = nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, 1, bias=False), nn.BatchNorm2d(in_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, t, h, w = x.shape
+        if t <= self.stacked:
+            raise VidactError(
+                f"a flow block with {self.stacked} stacked flow layer(s) needs more than "
+                f"{self.stacked} frames, got T={t}; use longer clips"
+            )
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w)
+        r = self.reduce(frames).reshape(n, t, -1, h, w).transpose(1, 2)
+        for layer in self.flows:
+            r = normalize_range(r)
+            k = r.shape[1]
+            t_in = r.shape[2]
+            f1 = r[:, :, :-1].transpose(1, 2).reshape(-1, k, h, w)
+            f2 = r[:, :, 1:].transpose(1, 2).reshape(-1, k, h, w)
+            flow = layer(f1, f2)  # (N * (T_in - 1), 2k, H, W)
+            r = flow.reshape(n, t_in - 1, 2 * k, h, w).transpose(1, 2)
+        t_out = t - self.stacked
+        y = self.bn(self.expand(r.transpose(1, 2).reshape(n * t_out, -1, h, w)))
+        base = x[:, :, :t_out].transpose(1, 2).reshape(n * t_out, c, h, w)
+        if self.merge == "add":
+            y = base + y
+        elif self.merge == "multiply":
+            y = base * y
+        elif self.merge == "concat":
+            assert self.mix is not None
+            y = self.mix(torch.cat([base, y], 1))
+        elif self.merge == "layer_multiply":
+            assert self.mix is not None
+            y = self.mix(base) * y
+        return F.relu(y).reshape(n, t_out, c, h, w).transpose(1, 2)
+
+
+def flow_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The learnable parameters of every ``RepresentationFlow`` in ``model`` (tau, lambda,
+    theta, divergence and Sobel kernels, whichever are learned); nothing for other models.
+    The trainer gives them lr = ``FLOW_LR_SCALE`` x base lr (appendix A)."""
+    for module in model.modules():
+        if isinstance(module, RepresentationFlow):
+            yield from (p for p in module.parameters(recurse=False) if p.requires_grad)
+
+
+__all__ = [
+    "FLOW_LR_SCALE",
+    "FlowBlock",
+    "RepresentationFlow",
+    "flow_parameters",
+    "normalize_range",
+]
