@@ -123,7 +123,10 @@ def test_auto_prefers_opencv_cuda_then_torch_gpu(monkeypatch: pytest.MonkeyPatch
 
 
 def test_opencv_cuda_detection() -> None:
-    has_cuda_build = hasattr(getattr(cv2, "cuda", None), "OpticalFlowDual_TVL1")
+    cuda = getattr(cv2, "cuda", None)
+    has_cuda_build = hasattr(cuda, "OpticalFlowDual_TVL1") or hasattr(
+        cuda, "OpticalFlowDual_TVL1_create"
+    )
     devices = cv2.cuda.getCudaEnabledDeviceCount() if hasattr(cv2, "cuda") else 0
     assert opencv_cuda_available() == (has_cuda_build and devices > 0)
     if opencv_cuda_available():

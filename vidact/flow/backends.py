@@ -47,12 +47,21 @@ def opencv_cuda_available() -> bool:
     except ImportError:  # pragma: no cover - opencv is a dependency
         return False
     cuda = getattr(cv2, "cuda", None)
-    if cuda is None or not hasattr(cuda, "OpticalFlowDual_TVL1"):
+    if cuda is None or _cuda_tvl1_factory(cuda) is None:
         return False
     try:
         return int(cuda.getCudaEnabledDeviceCount()) > 0
     except Exception:  # a CUDA build without a usable driver raises cv2.error
         return False
+
+
+def _cuda_tvl1_factory(cuda: Any) -> Any:
+    """cv2.cuda's TV-L1 constructor: `OpticalFlowDual_TVL1.create` in current bindings,
+    `OpticalFlowDual_TVL1_create` in older ones; None when OpenCV has no CUDA optflow."""
+    cls = getattr(cuda, "OpticalFlowDual_TVL1", None)
+    if cls is not None and hasattr(cls, "create"):
+        return cls.create
+    return getattr(cuda, "OpticalFlowDual_TVL1_create", None)
 
 
 def _opencv_cpu_available() -> bool:
@@ -245,7 +254,7 @@ def _flow_opencv_cuda(
 
     if params.median_filtering > 1:
         console.debug("opencv-cuda TV-L1 has no median filtering; median_filtering ignored")
-    solver = cv2.cuda.OpticalFlowDual_TVL1.create(
+    solver = _cuda_tvl1_factory(cv2.cuda)(
         params.tau,
         params.lambda_,
         params.theta,

@@ -48,7 +48,8 @@ class TVL1Params:
     inner_iterations, outer_iterations: at most outer x inner iterations per warp; the
         median filter (when median_filtering > 1) runs before each outer iteration.
     median_filtering: side of the median filter applied to the flow (1 = off).
-    gamma: weight of the illumination-change term (0 = off), as in OpenCV.
+    gamma: weight of the illumination-change term (0 = off), as in OpenCV: a third
+        unknown u3 enters the residual as gamma * u3 and gets its own TV regulariser.
     interpolation: how the second image and its gradient are warped.
     """
 
@@ -310,7 +311,9 @@ def _one_scale(
         if c == 3:
             g = torch.cat([g, torch.full_like(g[:, :1], params.gamma)], dim=1)
         grad2 = g.square().sum(dim=1, keepdim=True)
-        rho_c = warped[:, :1] - (g * u).sum(dim=1, keepdim=True) - i0
+        # The illumination term gamma * u3 is linear already: only the flow part is
+        # taken relative to u0, so rho = rho_c + g.u holds for all channels.
+        rho_c = warped[:, :1] - (g[:, :2] * u[:, :2]).sum(dim=1, keepdim=True) - i0
         inv_g2 = torch.where(grad2 > _GRAD_IS_ZERO, 1.0 / grad2, torch.zeros_like(grad2))
 
         # Working set: every pair restarts with error = +inf at each warp.
