@@ -114,7 +114,7 @@ def _reference_step(
     theta: float,
     taut: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One TV-L1 iteration written plainly, case by case ([IPOL] eqs. 21-23)."""
+    """One TV-L1 iteration written plainly, case by case (representation-flow paper, eqs. 2-6)."""
     c = u.shape[1]
     grad2 = (g * g).sum(1, keepdim=True)
     rho = rho_c + (g * u).sum(1, keepdim=True)

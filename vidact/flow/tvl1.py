@@ -5,6 +5,8 @@ written up by Sanchez Perez, Meinhardt-Llopis and Facciolo, "TV-L1 Optical Flow
 Estimation", IPOL 2013 (referred to below as [IPOL]), with the loop structure of OpenCV's
 `cv2.optflow.DualTVL1OpticalFlow` (outer iterations with an optional median filter of the
 flow, inner iterations, the epsilon stopping rule) so that its defaults mean the same here.
+The per-iteration equations are numbered as in the representation-flow paper
+(Piergiovanni and Ryoo, CVPR 2019, section 3.1, referred to as [RF]), which restates them.
 
 Conventions: images are grayscale float intensities on a 0-255 scale, shape (B, H, W);
 the flow is (B, 2, H, W) in pixels, channel 0 = x (right), channel 1 = y (down), and maps
@@ -39,7 +41,7 @@ _MIN_PYRAMID_SIDE = 16  # a coarser level with a side under 16 px is not built
 class TVL1Params:
     """TV-L1 parameters. The defaults are OpenCV's CPU defaults (see `opencv_cpu`).
 
-    tau: time step of the dual update ([IPOL] eq. 24; converges for tau < 1/4... <= 1/4).
+    tau: time step of the dual update ([RF] eq. 5; the scheme is stable for tau <= 1/4).
     lambda_: weight of the data term (attachment), larger = less smooth.
     theta: tightness of the coupling between u and the auxiliary v.
     n_scales, scale_step: pyramid depth and down-scaling factor per level.
@@ -113,7 +115,7 @@ def default_device() -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------
-# Finite differences ([IPOL] section 3: forward differences for grad u, the matching
+# Finite differences ([IPOL]'s discretisation: forward differences for grad u, the matching
 # backward differences for div p, centred differences for the image gradient).
 
 
@@ -165,7 +167,7 @@ def median_filter(u: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# The iteration ([IPOL] Algorithm 1, inner loop).
+# The iteration ([IPOL]'s inner loop; [RF] eqs. 2-6).
 
 
 def _tvl1_steps(
@@ -198,17 +200,17 @@ def _tvl1_steps(
     still = running
     applied = torch.zeros(b, dtype=torch.int32, device=u.device)
     # Forward gradient of u, (b, 2, C, h, w): x parts then y parts, like p. Its last
-    # column (x) and last row (y) stay 0: the Neumann boundary of [IPOL] eq. 26.
+    # column (x) and last row (y) stay 0: the Neumann boundary of [IPOL]'s discretisation.
     grad_u = u.new_zeros(b, 2, c, h, w)
     for _ in range(n_steps):
         p5 = p.view(b, 2, c, h, w)
-        # Residual rho(u) = I1(x+u0) + grad I1(x+u0).(u-u0) - I0  ([IPOL] eq. 15).
+        # Residual rho(u) = I1(x+u0) + grad I1(x+u0).(u-u0) - I0  ([RF] eqs. 1-2).
         rho = (g * u).sum(dim=1, keepdim=True).add_(rho_c)
-        # Thresholding step TH ([IPOL] eq. 21): v = u - clip(rho/|g|^2, -l_t, l_t) g covers
+        # Thresholding step TH ([RF] eq. 3): v = u - clip(rho/|g|^2, -l_t, l_t) g covers
         # the three cases rho < -l_t|g|^2, rho > l_t|g|^2 and |rho| <= l_t|g|^2 at once.
         step = rho.mul_(inv_g2).clamp_(-l_t, l_t)
         v = torch.addcmul(u, step, g, value=-1.0)
-        # u = v + theta div p  ([IPOL] eq. 22), div by backward differences ([IPOL] eq. 27)
+        # u = v + theta div p  ([RF] eq. 4), div by backward differences ([RF] eq. 6)
         # (p's last column / row are 0, see grad_u).
         px, py = p5[:, 0], p5[:, 1]
         div = px + py
@@ -216,7 +218,7 @@ def _tvl1_steps(
         div[..., 1:, :] -= py[..., :-1, :]
         u_new = v.add_(div, alpha=theta)
         err = torch.linalg.vector_norm((u_new - u).view(b, -1), dim=1)
-        # Dual update p = (p + tau/theta grad u) / (1 + tau/theta |grad u|)  ([IPOL] eq. 23).
+        # Dual update p = (p + tau/theta grad u) / (1 + tau/theta |grad u|)  ([RF] eq. 5).
         torch.sub(u_new[..., :, 1:], u_new[..., :, :-1], out=grad_u[:, 0, ..., :, :-1])
         torch.sub(u_new[..., 1:, :], u_new[..., :-1, :], out=grad_u[:, 1, ..., :-1, :])
         gx, gy = grad_u[:, 0], grad_u[:, 1]
@@ -292,7 +294,7 @@ def _one_scale(
     step: StepFn,
     counts: torch.Tensor | None,
 ) -> torch.Tensor:
-    """[IPOL] Algorithm 1 at one scale. i0, i1: (B, 1, h, w); u: (B, C, h, w), updated."""
+    """[IPOL]'s warping loop at one scale. i0, i1: (B, 1, h, w); u: (B, C, h, w), updated."""
     b, c, h, w = u.shape
     l_t = params.lambda_ * params.theta
     taut = params.tau / params.theta
@@ -303,7 +305,7 @@ def _one_scale(
     p_all = torch.zeros(b, 2 * c, h, w, device=u.device, dtype=u.dtype)
 
     for _ in range(params.n_warps):
-        # Linearise the data term around the current flow u0 ([IPOL] eq. 15): warp I1 and
+        # Linearise the data term around the current flow u0 ([RF] eq. 1): warp I1 and
         # its gradient (not the gradient of the warped image), then precompute what stays
         # constant during the iterations.
         warped = _warp(i1_stack, u, base, params.interpolation)
