@@ -135,3 +135,12 @@ def test_opencv_cuda_detection() -> None:
     else:
         with pytest.raises(VidactError, match=r"opencv-cuda.*WITH_CUDA=ON"):
             compute_flow(np.zeros((2, 8, 8), np.uint8), backend="opencv-cuda")
+
+
+def test_opencv_backend_reads_float_frames_on_a_0_1_scale() -> None:
+    first, second, _ = translation_pair(40, 1.0, -0.5, seed=3)
+    frames = np.stack([first, second])
+    as_uint8 = compute_flow(frames, backend="opencv")
+    as_float = compute_flow(frames.astype(np.float32) / 255.0, backend="opencv")
+    np.testing.assert_allclose(as_float, as_uint8, atol=1e-4)
+    assert np.median(as_uint8[0, 6:-6, 6:-6, 0]) == pytest.approx(1.0, abs=0.1)

@@ -159,11 +159,16 @@ def median_filter(u: torch.Tensor, size: int) -> torch.Tensor:
             out_np[i] = cv2.medianBlur(planes[i], size)
         return out.reshape(u.shape)
     r = size // 2
-    flat = u.reshape(-1, 1, *u.shape[-2:])
-    padded = F.pad(flat, (r, r, r, r), mode="replicate")
-    windows = padded.unfold(2, size, 1).unfold(3, size, 1)
-    med = windows.reshape(*flat.shape, size * size).median(dim=-1).values
-    return med.reshape(u.shape)
+    h, w = u.shape[-2:]
+    flat = u.reshape(-1, 1, h, w)
+    out = torch.empty_like(flat)
+    # The windows are materialised (size^2 values per pixel): bound that to ~2^26 values.
+    chunk = max(1, (1 << 26) // (size * size * h * w))
+    for start in range(0, flat.shape[0], chunk):
+        padded = F.pad(flat[start : start + chunk], (r, r, r, r), mode="replicate")
+        windows = padded.unfold(2, size, 1).unfold(3, size, 1)
+        out[start : start + chunk] = windows.reshape(*windows.shape[:4], -1).median(-1).values
+    return out.reshape(u.shape)
 
 
 # ---------------------------------------------------------------------------------------
