@@ -83,6 +83,18 @@ def _scale(x: Tensor, weights: Tensor) -> Tensor:
     return x.mul_(weights) if not torch.is_grad_enabled() else x * weights
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _mean_over_frames(x: Tensor, t: int) -> Tensor:
+    """(N*T, C, H, W) -> (N, C, H, W), the mean of the T frames, in x's memory format (a
+    reduction over a middle dimension of a channels_last view is ~10x slower on CPU)."""
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).unflatten(0, (-1, t)).mean(1).permute(0, 3, 1, 2)
+    return x.unflatten(0, (-1, t)).mean(1)
+
+
 def _bn_relu(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
@@ -145,7 +157,7 @@ class SpatialExcitation(nn.Module):
 
     def attention(self, x: Tensor, t: int) -> Tensor:
         """The (N, 1, C, H, W) heatmap in [0, 1], broadcast over the T frames of x."""
-        pooled = x.unflatten(0, (-1, t)).mean(1)  # T-Pool: (N, C, H, W)
+        pooled = _mean_over_frames(x, t)  # T-Pool: (N, C, H, W)
         return torch.sigmoid(self.expand(self.bn_relu(self.reduce(pooled)))).unsqueeze(1)
 
     def forward(self, x: Tensor, t: int) -> Tensor:
@@ -303,7 +315,7 @@ def _permute_channels(x: Tensor, sizes: Sequence[int], perm: Sequence[int]) -> T
     memory format: one copy for a contiguous or a channels_last tensor."""
     nt, c, h, w = x.shape
     k = len(sizes)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if _is_channels_last(x):
         y = x.permute(0, 2, 3, 1).reshape(nt, h, w, *sizes)  # a view: (N*T, H, W, C)
         y = y.permute(0, 1, 2, *(3 + p for p in perm)).reshape(nt, h, w, c)
         return y.permute(0, 3, 1, 2)

@@ -31,10 +31,12 @@ Registered: `ctnet_resnet50`, `ctnet_resnet101`. Keyword arguments (all optional
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
@@ -123,6 +125,18 @@ def _init_module(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _convs_to_channels_last(model: nn.Module) -> None:
+    """`model.to(memory_format=torch.channels_last)` for the 4D weights only (it refuses
+    modules that also hold 5D weights, as the 3D-kernel variants do)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            weight = module.weight
+            module.weight = nn.Parameter(
+                weight.detach().contiguous(memory_format=torch.channels_last),
+                requires_grad=weight.requires_grad,
+            )
+
+
 class CTNet(nn.Module):
     """CT-Net on a torchvision ResNet-50/101 trunk (see the module docstring for kwargs)."""
 
@@ -193,6 +207,8 @@ class CTNet(nn.Module):
         self.fc = nn.Linear(trunk.fc.in_features, num_classes)
         nn.init.normal_(self.fc.weight, std=0.001)
         nn.init.zeros_(self.fc.bias)
+        if channels_last:  # 4D weights too: saves a reorder of every weight on every call
+            _convs_to_channels_last(self)
 
     def ct_modules(self) -> list[CTModule]:
         """The CT-Modules, bottom-up."""
@@ -206,7 +222,7 @@ class CTNet(nn.Module):
             )
         n, c, t, h, w = x.shape
         if self.channels_last:  # (N, T, H, W, C) in memory is (N*T, C, H, W) channels_last
-            x = x.permute(0, 2, 3, 4, 1).reshape(n * t, h, w, c).permute(0, 3, 1, 2)
+            x = x.permute(0, 2, 3, 4, 1).contiguous().view(n * t, h, w, c).permute(0, 3, 1, 2)
         else:
             x = x.transpose(1, 2).reshape(n * t, c, h, w)
         x = self.stem(x)
@@ -220,20 +236,23 @@ class CTNet(nn.Module):
         return self.fc(self.dropout(self.features(x).mean(1)))  # average consensus over T
 
 
-def _build(depth: int, num_classes: int, **kwargs: Any) -> CTNet:
-    try:
-        return CTNet(num_classes, depth, **kwargs)
-    except TypeError as exc:  # an unknown keyword from a recipe
-        raise VidactError(f"ctnet_resnet{depth}: {exc}") from None
+def _factory(depth: int) -> Callable[..., CTNet]:
+    def factory(num_classes: int, **kwargs: Any) -> CTNet:
+        try:
+            return CTNet(num_classes, depth, **kwargs)
+        except TypeError as exc:  # an unknown keyword
+            raise VidactError(f"ctnet_resnet{depth}: {exc}") from None
+
+    # Show CTNet's keywords as the factory's own, so that recipes are checked against them.
+    signature = inspect.signature(CTNet.__init__)
+    params = [p for name, p in signature.parameters.items() if name not in ("self", "depth")]
+    setattr(factory, "__signature__", signature.replace(parameters=params))  # noqa: B010
+    factory.__name__ = f"ctnet_resnet{depth}"
+    factory.__doc__ = f"CT-Net on ResNet-{depth} (see `vidact.models.ctnet`)."
+    return factory
 
 
-@register_model("ctnet_resnet50")
-def ctnet_resnet50(num_classes: int, **kwargs: Any) -> CTNet:
-    """CT-Net-R50: 7 CT-Blocks in stages 2-5 (Table 2e); 21.0M parameters at 174 classes."""
-    return _build(50, num_classes, **kwargs)
-
-
-@register_model("ctnet_resnet101")
-def ctnet_resnet101(num_classes: int, **kwargs: Any) -> CTNet:
-    """CT-Net-R101: one of every two blocks of stages 2-5, 15 CT-Blocks."""
-    return _build(101, num_classes, **kwargs)
+# CT-Net-R50: 7 CT-Blocks in stages 2-5 (Table 2e); 21.0M parameters at 174 classes.
+ctnet_resnet50 = register_model("ctnet_resnet50")(_factory(50))
+# CT-Net-R101: one of every two blocks of stages 2-5, 15 CT-Blocks.
+ctnet_resnet101 = register_model("ctnet_resnet101")(_factory(101))
