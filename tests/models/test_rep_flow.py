@@ -85,13 +85,17 @@ def test_fast_layer_matches_literal_algorithm(
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6 * w.abs().max().item())
 
 
-def test_float32_and_no_checkpoint_agree_with_reference() -> None:
+@pytest.mark.parametrize("learn", ["all", "default"])
+def test_float32_backward_paths_agree_with_reference(learn: str) -> None:
+    """float32: the hand-written backward (printed Sobel), checkpointed autograd and plain
+    autograd all match the literal reference within 1e-4 (relative to the norm)."""
     f1, f2 = (t.float().requires_grad_() for t in _pair())
-    layer = RepresentationFlow(iterations=5, learn="all")
+    kwargs = {"learn": learn} if learn != "default" else {}
+    layer = RepresentationFlow(iterations=5, **kwargs)  # type: ignore[arg-type]
     ref = _reference(layer, f1, f2)
     g_ref = torch.autograd.grad(ref.square().sum(), [f1, *layer.parameters()])
-    for checkpoint in (True, False):
-        layer.checkpoint = checkpoint
+    for custom, checkpoint in ((True, True), (False, True), (False, False)):
+        layer.custom_backward, layer.checkpoint = custom, checkpoint
         out = layer(f1, f2)
         assert ((out - ref).norm() / ref.norm()).item() < 1e-4
         g = torch.autograd.grad(out.square().sum(), [f1, *layer.parameters()])

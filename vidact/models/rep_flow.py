@@ -161,6 +161,119 @@ def _step(
     return u, p  # Eq. 5 above
 
 
+def _gradient_adjoint(grad: Tensor, like: Tensor) -> Tensor:
+    """Adjoint of ``_gradient`` with the printed Sobel kernels: (..., 2, H, W) -> (..., H, W)."""
+    gx, gy = grad.unbind(-3)
+    # gx = s_y(dx), dx = padded[:, 2:] - padded[:, :-2], s_y = rows [1, 2, 1]
+    dx = F.pad(gx, (0, 0, 0, 2)) + F.pad(gx, (0, 0, 2, 0))
+    dx[..., 1:-1, :] += 2 * gx
+    dy = F.pad(gy, (0, 2, 0, 0)) + F.pad(gy, (2, 0, 0, 0))
+    dy[..., :, 1:-1] += 2 * gy
+    padded = F.pad(dx, (2, 0, 0, 0)) - F.pad(dx, (0, 2, 0, 0))
+    padded += F.pad(dy, (0, 0, 2, 0)) - F.pad(dy, (0, 0, 0, 2))
+    return torch.ops.aten.replication_pad2d_backward(padded, like, [1, 1, 1, 1])
+
+
+class _Iterations(torch.autograd.Function):
+    """All iterations of Algorithm 1 (printed Sobel kernels) with a hand-written backward.
+
+    The forward keeps only the state (u, p) entering each iteration; the backward recomputes
+    each iteration's intermediates from it and applies the exact adjoint of ``_step``
+    (tested against autograd through the literal reference). Tie-breaking at the clamp
+    bounds follows torch.clamp (bounds inclusive for the input's gradient)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        rho_c: Tensor,
+        grad_f2: Tensor,
+        inv_sq: Tensor,
+        wx: Tensor,
+        wy: Tensor,
+        lam_theta: Tensor,
+        theta: Tensor,
+        tau_theta: Tensor,
+        iterations: int,
+        scale: float,
+    ) -> Tensor:
+        m, _, h, w = grad_f2.shape
+        us = grad_f2.new_zeros(iterations, m, 2, h, w)
+        ps = grad_f2.new_zeros(iterations, m, 2, 2, h, w)
+        u, p = us[0].clone(), ps[0].clone()
+        for k in range(iterations):
+            us[k], ps[k] = u, p
+            u, p = _step(
+                u, p, rho_c, grad_f2, inv_sq, None, None, scale, wx, wy, lam_theta, theta, tau_theta
+            )
+        ctx.save_for_backward(rho_c, grad_f2, inv_sq, wx, wy, lam_theta, theta, tau_theta, us, ps)
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return u
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        rho_c, g, inv_sq, wx, wy, lt, theta, a, us, ps = ctx.saved_tensors  # type: ignore[attr-defined]
+        scale: float = ctx.scale  # type: ignore[attr-defined]
+        d_rho_c = torch.zeros_like(rho_c)
+        d_g = torch.zeros_like(g)
+        d_inv = torch.zeros_like(inv_sq)
+        d_wx, d_wy = torch.zeros_like(wx), torch.zeros_like(wy)
+        d_lt, d_theta, d_a = (torch.zeros_like(lt) for _ in range(3))
+        du = grad_out.contiguous()
+        dp = torch.zeros_like(ps[0])
+        for k in range(us.shape[0] - 1, -1, -1):
+            u, p = us[k], ps[k]
+            # recompute the iteration (see _step)
+            rho = torch.addcmul(rho_c, g[:, :1], u[:, :1]).addcmul_(g[:, 1:], u[:, 1:])
+            r = rho * inv_sq
+            shrink = torch.clamp(r, -lt, lt)
+            px, py = p[:, :, 0], p[:, :, 1]
+            div = _divergence(px, py, wx, wy)
+            u_new = torch.addcmul(u, g, shrink, value=-1).addcmul_(div, theta)
+            grad_u = _gradient(u_new, None, None)
+            if scale != 1.0:
+                grad_u *= scale
+            nrm = torch.sqrt(
+                torch.addcmul(grad_u[:, :, :1] ** 2, grad_u[:, :, 1:], grad_u[:, :, 1:]) + NORM_EPS
+            )
+            den = torch.addcmul(torch.ones_like(nrm), nrm, a)
+            p_new = torch.addcmul(p, grad_u, a) / den
+            # Eq. 5: p' = (p + a G) / (1 + a |G|)
+            d_num = dp / den
+            d_den = -(dp * p_new).sum(2, keepdim=True) / den
+            d_a += (d_num * grad_u).sum() + (d_den * nrm).sum()
+            d_grad = torch.addcmul(d_num * a, grad_u, d_den * a / nrm)
+            if scale != 1.0:
+                d_grad *= scale
+            d_u_new = du + _gradient_adjoint(d_grad, u_new)
+            # Eq. 4 and Eq. 9
+            d_theta += (d_u_new * div).sum()
+            d_div = d_u_new * theta
+            d_wx[1] += (d_div * px).sum()
+            d_wx[0] += (d_div[..., :, 1:] * px[..., :, :-1]).sum()
+            d_wy[1] += (d_div * py).sum()
+            d_wy[0] += (d_div[..., 1:, :] * py[..., :-1, :]).sum()
+            dp = d_num
+            dp[:, :, 0] += d_div * wx[1]
+            dp[:, :, 0, :, :-1] += d_div[..., :, 1:] * wx[0]
+            dp[:, :, 1] += d_div * wy[1]
+            dp[:, :, 1, :-1, :] += d_div[..., 1:, :] * wy[0]
+            # Eq. 3: v = u - g * clamp(rho / |g|^2, -lt, lt)
+            d_shrink = -(d_u_new * g).sum(1, keepdim=True)
+            d_g -= d_u_new * shrink
+            inside = (r >= -lt) & (r <= lt)
+            d_r = torch.where(inside, d_shrink, torch.zeros_like(d_shrink))
+            d_lt += (d_shrink * ((r > lt).to(r.dtype) - (r < -lt).to(r.dtype))).sum()
+            # Eq. 2
+            d_rho = d_r * inv_sq
+            d_inv += d_r * rho
+            d_rho_c += d_rho
+            d_g += d_rho * u
+            du = torch.addcmul(d_u_new, d_rho, g)
+        return d_rho_c, d_g, d_inv, d_wx, d_wy, d_lt, d_theta, d_a, None, None
+
+
 class RepresentationFlow(nn.Module):
     """Algorithm 1: unrolled TV-L1 between feature maps, every channel on its own.
 
@@ -187,6 +300,7 @@ class RepresentationFlow(nn.Module):
         div_x: Sequence[float] = DIV_X,
         div_y: Sequence[float] = DIV_Y,
         checkpoint: bool = True,
+        custom_backward: bool = True,
     ) -> None:
         super().__init__()
         if iterations < 1:
@@ -194,6 +308,7 @@ class RepresentationFlow(nn.Module):
         self.iterations = iterations
         self.normalize_sobel = normalize_sobel
         self.checkpoint = checkpoint
+        self.custom_backward = custom_backward
         groups = _learn_set(learn)
         values: dict[str, dict[str, object]] = {
             "sobel": {"sobel_x": sobel_x, "sobel_y": sobel_y},
@@ -255,6 +370,20 @@ class RepresentationFlow(nn.Module):
             u = f1.new_zeros(b * c, 2, h, w)
             p = f1.new_zeros(b * c, 2, 2, h, w)
             consts = (rho_c, grad_f2, inv_sq, kx, ky, scale, wx, wy, lam_theta, theta, tau_theta)
+            if printed and torch.is_grad_enabled() and self.custom_backward:
+                u = _Iterations.apply(
+                    rho_c,
+                    grad_f2,
+                    inv_sq,
+                    wx,
+                    wy,
+                    lam_theta,
+                    theta,
+                    tau_theta,
+                    self.iterations,
+                    scale,
+                )
+                return u.reshape(b, 2 * c, h, w)
             recompute = self.checkpoint and torch.is_grad_enabled()
             for _ in range(self.iterations):
                 if recompute:
