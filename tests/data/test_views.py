@@ -1,0 +1,121 @@
+"""Test views: centre / 3-crop / 10-crop / random geometry, flips, one decode per video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vidact.data.views as views_module
+from vidact.data.manifest import Sample
+from vidact.data.transforms import ClipTransform, center_box
+from vidact.data.views import VideoViews, View, ViewSpec, build_views, parse_crops, view_boxes
+
+
+def test_parse_crops() -> None:
+    assert parse_crops("1") == ("centre", 1)
+    assert parse_crops("3") == ("three", 3)
+    assert parse_crops("10") == ("ten", 10)
+    assert parse_crops("random:25") == ("random", 25)
+    for bad in ("2", "random:0", "random:x", "five"):
+        with pytest.raises(ValueError, match="crops must be"):
+            parse_crops(bad)
+
+
+def test_three_crops_run_along_the_long_side() -> None:
+    # 320 x 240 landscape at its own scale: left, centre, right, centred vertically.
+    boxes = [v.box for v in view_boxes(240, 320, 240, 240, "3")]
+    assert boxes == [(0, 0, 240, 240), (0, 40, 240, 240), (0, 80, 240, 240)]
+    # Portrait: top, centre, bottom.
+    boxes = [v.box for v in view_boxes(320, 240, 240, 240, "3")]
+    assert boxes == [(0, 0, 240, 240), (40, 0, 240, 240), (80, 0, 240, 240)]
+    # With a resize: 48 x 64 -> short side 32 (x 2/3), 24 px crops = 36 source px;
+    # in the resized frame lefts 0, 9.33, 18.67 and top 4 -> source 0, 14, 28 and 6.
+    boxes = [v.box for v in view_boxes(48, 64, 32, 24, "3")]
+    assert boxes == [(6, 0, 36, 36), (6, 14, 36, 36), (6, 28, 36, 36)]
+    assert not any(v.flip for v in view_boxes(48, 64, 32, 24, "3"))
+
+
+def test_ten_crops_are_four_corners_centre_and_their_flips() -> None:
+    views = view_boxes(48, 64, 32, 24, "10")
+    assert len(views) == 10
+    first, second = views[:5], views[5:]
+    assert [v.box for v in first] == [
+        (0, 0, 36, 36),  # top left
+        (0, 28, 36, 36),  # top right
+        (12, 0, 36, 36),  # bottom left
+        (12, 28, 36, 36),  # bottom right
+        (6, 14, 36, 36),  # centre
+    ]
+    assert first[4].box == center_box(48, 64, 32, 24)
+    assert not any(v.flip for v in first) and all(v.flip for v in second)
+    assert [v.box for v in second] == [v.box for v in first]
+
+
+def test_centre_view_is_the_validation_view() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
+    transform = ClipTransform(train=False, input_size=24, short_side=32)
+    built = build_views(frames, [np.arange(4)], view_boxes(48, 64, 32, 24, "1"), 24, transform)
+    assert built.shape == (1, 3, 4, 24, 24)
+    assert torch.equal(built[0], transform(frames))
+
+
+def test_random_crops_are_seeded_inside_the_frame_and_differ() -> None:
+    def boxes(seed: int) -> list[tuple[int, int, int, int]]:
+        return [v.box for v in view_boxes(48, 64, 32, 24, "random:25", np.random.default_rng(seed))]
+
+    first = boxes(1)
+    assert len(first) == 25 and first == boxes(1) and first != boxes(2)
+    assert len(set(first)) > 10
+    for top, left, h, w in first:
+        assert (h, w) == (36, 36) and 0 <= top <= 12 and 0 <= left <= 28
+    with pytest.raises(ValueError, match="generator"):
+        view_boxes(48, 64, 32, 24, "random:3")
+
+
+def test_flipped_views_mirror_pixels_and_flow_x() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 2), dtype=np.uint8)
+    box = (4, 4, 24, 24)
+    views = [View(box), View(box, flip=True)]
+    # Flow (C = 2): the flip mirrors the picture and negates x (quantised: 255 - x).
+    flow = ClipTransform(train=False, modality="flow")
+    built = build_views(frames, [np.arange(2)], views, 24, flow)
+    raw = torch.from_numpy(frames[:, 4:28, 4:28].astype(np.float32)).permute(3, 0, 1, 2)
+    assert torch.allclose(built[0], raw / 127.5 - 1)
+    mirrored = raw.flip(-1)
+    mirrored[0] = 255 - mirrored[0]
+    assert torch.allclose(built[1], mirrored / 127.5 - 1)
+
+
+def test_every_view_comes_from_one_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (30, 48, 64, 3), dtype=np.uint8)
+    calls: list[list[int]] = []
+
+    def fake_read(path: Path, indices: list[int], backend: str | None = None) -> np.ndarray:
+        calls.append(list(indices))
+        return frames[indices]
+
+    monkeypatch.setattr(views_module, "read_frames", fake_read)
+    spec_a = ViewSpec(num_frames=4, sampler="dense", frame_stride=2, clips=4, crops="10",
+                      crop_size=24, short_side=32)  # fmt: skip
+    spec_b = ViewSpec(num_frames=8, clips=2, crops="3", crop_size=16, short_side=32)
+    sample = Sample("v.mp4", 0, "a", 30)
+    item = VideoViews([sample], "/data", [spec_a, spec_b])[0]
+    assert item["error"] == ""
+    assert [tuple(v.shape) for v in item["views"]] == [(40, 3, 4, 24, 24), (6, 3, 8, 16, 16)]
+    assert len(calls) == 1  # one decode for 40 + 6 views of two models
+    wanted = {int(i) for spec in (spec_a, spec_b) for c in spec.clip_indices(30) for i in c}
+    assert calls[0] == sorted(wanted)
+    # Views are clip-major: view 10 is clip 1's top-left crop.
+    clip1 = spec_a.clip_indices(30)[1]
+    expected = build_views(frames, [clip1], view_boxes(48, 64, 32, 24, "10"), 24,
+                           ClipTransform(train=False))  # fmt: skip
+    assert torch.equal(item["views"][0][10:20], expected)
+
+
+def test_a_bad_video_is_an_item_with_its_reason(tmp_path: Path) -> None:
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    item = VideoViews([Sample("bad.mp4", 0, "a", 8)], tmp_path, [ViewSpec(num_frames=2)])[0]
+    assert item["views"] == [] and item["error"].startswith(str(tmp_path / "bad.mp4"))

@@ -1,0 +1,229 @@
+"""Test views: N temporally uniform clips x spatial crops, built from ONE decode per video.
+
+Geometry is decided on the frame as if it had been resized so that its short side is
+`short_side`, then mapped back to source pixels, so each view is cropped and resized
+once, straight to `crop_size` (as in training and validation, see transforms.py). The
+crop is a `crop_size` square (smaller only if the resized frame is smaller):
+
+- "1":        the centre crop (the validation view);
+- "3":        three crops along the long side — left, centre, right of a landscape frame
+              (top, centre, bottom of a portrait one), centred across; as in Non-local
+              and CT-Net, which take 3 crops of 256 x 256 after a 256 short-side resize;
+- "10":       the four corners and the centre, then the same five flipped horizontally
+              (torchvision's `ten_crop` order);
+- "random:K": K crop positions drawn uniformly over the resized frame, from a generator
+              seeded per video (the representation-flow paper's 25 random crops).
+
+Views are ordered clip-major: clip 0 with every crop, then clip 1, ... A video's
+frames — the union of the indices of every clip, for every model of an ensemble — are
+decoded once by `read_frames`; every view is cut from that one array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vidact.data.manifest import Sample
+from vidact.data.sampling import uniform_clip_indices
+from vidact.data.transforms import Box, ClipTransform, _to_source, center_box, crop_resize
+from vidact.data.video import read_flow_frames, read_frames
+from vidact.errors import VideoReadError
+
+
+@dataclass(frozen=True)
+class View:
+    """One spatial view: a crop box in source pixels, and whether it is mirrored."""
+
+    box: Box
+    flip: bool = False
+
+
+def parse_crops(crops: str) -> tuple[str, int]:
+    """ "1" | "3" | "10" | "random:K" -> (kind, number of crops)."""
+    text = str(crops)
+    if text in {"1", "3", "10"}:
+        return {"1": "centre", "3": "three", "10": "ten"}[text], int(text)
+    count = text.removeprefix("random:")
+    if text.startswith("random:") and count.isdigit() and int(count) >= 1:
+        return "random", int(count)
+    raise ValueError(f"crops must be 1, 3, 10 or random:K (K >= 1), got {crops!r}")
+
+
+def view_boxes(
+    height: int,
+    width: int,
+    short_side: int,
+    crop_size: int,
+    crops: str,
+    rng: np.random.Generator | None = None,
+) -> list[View]:
+    """The spatial views of a `height` x `width` frame (see the module docstring).
+
+    "random:K" draws from `rng` (required); the other kinds are deterministic.
+    """
+    kind, count = parse_crops(crops)
+    if kind == "centre":
+        return [View(center_box(height, width, short_side, crop_size))]
+    ratio = short_side / min(height, width)
+    rh, rw = height * ratio, width * ratio
+    c = min(crop_size, rh, rw)
+    free_h, free_w = rh - c, rw - c
+    corners: list[tuple[float, float]]  # (top, left) in resized pixels
+    if kind == "three":
+        if rw >= rh:  # landscape (or square): along the width
+            corners = [(free_h / 2, 0.0), (free_h / 2, free_w / 2), (free_h / 2, free_w)]
+        else:  # portrait: along the height
+            corners = [(0.0, free_w / 2), (free_h / 2, free_w / 2), (free_h, free_w / 2)]
+    elif kind == "ten":
+        corners = [(0.0, 0.0), (0.0, free_w), (free_h, 0.0), (free_h, free_w)]
+        corners.append((free_h / 2, free_w / 2))
+    else:
+        if rng is None:
+            raise ValueError("random crops need a generator")
+        corners = [
+            (float(rng.random()) * free_h, float(rng.random()) * free_w) for _ in range(count)
+        ]
+    views = [View(_to_source((top, left, c, c), ratio, height, width)) for top, left in corners]
+    if kind == "ten":
+        views += [View(v.box, flip=True) for v in views]
+    return views
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How one model of an evaluation sees a video: its clips, crops and input."""
+
+    num_frames: int
+    sampler: str = "consecutive"
+    frame_stride: int = 1
+    clips: int = 1
+    crops: str = "1"
+    crop_size: int = 224
+    short_side: int = 256
+    modality: str = "rgb"  # rgb | flow | rgb+flow
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    @property
+    def num_views(self) -> int:
+        return self.clips * parse_crops(self.crops)[1]
+
+    @property
+    def channels(self) -> int:
+        return {"rgb": 3, "flow": 2, "rgb+flow": 5}[self.modality]
+
+    def clip_indices(self, num_frames: int) -> list[np.ndarray]:
+        """Frame indices of each test clip (flow frame t is the flow from t to t + 1)."""
+        usable = max(num_frames - 1, 1) if "flow" in self.modality else num_frames
+        return uniform_clip_indices(
+            self.sampler, usable, self.num_frames, self.frame_stride, self.clips
+        )
+
+
+def build_views(
+    frames: np.ndarray,
+    rows: Sequence[np.ndarray],
+    views: Sequence[View],
+    crop_size: int,
+    transform: ClipTransform,
+) -> Tensor:
+    """All views of one source: float (len(rows) * len(views), C, T, S, S), clip-major.
+
+    `frames` is the one decoded array (F, H, W, C); `rows[k]` selects clip k's frames
+    from it. A flipped view reuses the crop of the same box; flipping flow also mirrors
+    its x channel (as ClipTransform does).
+    """
+    out = []
+    for row in rows:
+        clip_frames = frames[row]
+        cut: dict[Box, Tensor] = {}
+        for view in views:
+            if view.box not in cut:
+                cut[view.box] = crop_resize(clip_frames, view.box, crop_size)
+            clip = cut[view.box]
+            if view.flip:
+                clip = clip.flip(-1)
+                if transform.modality == "flow":
+                    clip[0] = 255.0 - clip[0]
+            out.append(transform.normalize(clip))
+    return torch.stack(out)
+
+
+class VideoViews(Dataset[dict[str, Any]]):
+    """Every test view of each video, for one or more ViewSpecs (an ensemble).
+
+    Item `j` is the video `indices[j]` of `samples`: a dict with `index` (into
+    `samples`), `views` (one (V, C, T, S, S) tensor per spec, [] when it failed) and
+    `error` ("" or "path: reason"). A video that fails to decode never raises.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        root: str | Path,
+        specs: Sequence[ViewSpec],
+        indices: Sequence[int] | None = None,
+        seed: int = 0,
+        backend: str | None = None,
+    ) -> None:
+        self.samples = samples
+        self.root = Path(root)
+        self.specs = list(specs)
+        self.indices = list(range(len(samples))) if indices is None else list(indices)
+        self.seed = seed
+        self.backend = backend
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        index = self.indices[j]
+        try:
+            views = self.load_views(self.samples[index], index)
+        except VideoReadError as exc:
+            return {"index": index, "views": [], "error": f"{exc.path}: {exc.reason}"}
+        return {"index": index, "views": views, "error": ""}
+
+    def load_views(self, sample: Sample, index: int) -> list[Tensor]:
+        """Decode `sample` once per source and cut every spec's views from it."""
+        clips = [spec.clip_indices(sample.num_frames) for spec in self.specs]
+        decoded: dict[str, tuple[np.ndarray, dict[int, int]]] = {}
+        for source in ("rgb", "flow"):
+            users = [c for s, c in zip(self.specs, clips, strict=True) if source in s.modality]
+            if not users:
+                continue
+            needed = sorted({int(i) for per_spec in users for clip in per_spec for i in clip})
+            if source == "rgb":
+                frames = read_frames(self.root / sample.path, needed, self.backend)
+            elif sample.flow is None:
+                raise VideoReadError(
+                    self.root / sample.path, "no TV-L1 flow folder in the manifest"
+                )
+            else:
+                frames = read_flow_frames(self.root / sample.flow, needed)
+            decoded[source] = frames, {frame: row for row, frame in enumerate(needed)}
+        result = []
+        for spec, spec_clips in zip(self.specs, clips, strict=True):
+            parts = []
+            for source, (frames, position) in decoded.items():
+                if source not in spec.modality:
+                    continue
+                rows = [np.array([position[int(i)] for i in clip]) for clip in spec_clips]
+                # The same seed for both streams: RGB and flow get the same random crops.
+                rng = np.random.default_rng([self.seed, index])
+                height, width = frames.shape[1:3]
+                views = view_boxes(height, width, spec.short_side, spec.crop_size, spec.crops, rng)
+                transform = ClipTransform(
+                    train=False, modality=source, mean=spec.mean, std=spec.std
+                )
+                parts.append(build_views(frames, rows, views, spec.crop_size, transform))
+            result.append(torch.cat(parts, dim=1))
+        return result

@@ -1,0 +1,441 @@
+"""Evaluation: multi-clip x multi-crop testing, ensembles, resumable per-video scores.
+
+`evaluate([ckpt, ...])` rebuilds each model from the recipe inside its checkpoint (EMA
+weights when present and asked for), cuts every test view of a video from one decode
+(vidact.data.views), runs the views of consecutive videos through the model in full
+batches, averages each video's views (softmax by default, logits as an option) and,
+for an ensemble, averages the models' video scores (CT-Net EN). Settings not given
+come from the `eval` section of each checkpoint's recipe.
+
+Resume: per-video scores are cached under `<out>/cache/<key>/`, one small .npz shard
+per `save_every` videos, written atomically; the key is a hash of everything that
+changes a score (checkpoint bytes, EMA, views, averaging, manifest), so a re-run with
+the same settings scores only the videos still missing, and other settings get their
+own cache. Videos that failed to decode are not cached: a re-run tries them again.
+
+Distributed (torchrun): rank r scores the videos with `index % world == r`, each video
+exactly once, no padding; ranks write their own shards to the (shared) output folder,
+and rank 0 reads them all after a barrier, so its metrics are those of one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import ValidationError
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vidact import console
+from vidact.atomic import atomic_path, atomic_write_text
+from vidact.data.manifest import load_manifest
+from vidact.data.views import VideoViews, ViewSpec
+from vidact.engine import distributed, report
+from vidact.engine.checkpoint import FORMAT, load_checkpoint
+from vidact.engine.profile import count_macs, count_params, measure_latency
+from vidact.engine.trainer import build_model_for
+from vidact.errors import VidactError
+from vidact.recipe import EvalConfig, Recipe, recipe_from_dict
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Member:
+    """One checkpoint of the evaluation (an ensemble has several)."""
+
+    path: Path
+    recipe: Recipe
+    eval: EvalConfig  # the recipe's eval section with the caller's settings applied
+    labels: list[str]
+    model: nn.Module
+    spec: ViewSpec
+    ema: bool  # True when the EMA weights are the ones evaluated
+    digest: str  # sha256 of the checkpoint file
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    split: str
+    metrics: dict[str, Any]  # empty on ranks other than 0
+    videos: list[str] = field(default_factory=list)  # scored videos, manifest order
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (videos, classes)
+    labels: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
+    scored_now: int = 0  # videos scored by this run (the rest came from the cache)
+    resumed: int = 0
+    views: list[str] = field(default_factory=list)  # per checkpoint: "4 clips x 3 crops"
+    profile: list[dict[str, Any]] | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _eval_config(recipe: Recipe, settings: dict[str, Any], path: Path) -> EvalConfig:
+    try:
+        return EvalConfig(**{**recipe.eval.model_dump(), **settings})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = "--" + str(error["loc"][0]).replace("_", "-")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise VidactError(f"{option}: {message} (evaluating {path})") from None
+
+
+def load_member(
+    path: Path, settings: dict[str, Any], use_ema: bool | None, overrides: tuple[str, ...] = ()
+) -> Member:
+    """Rebuild the model of checkpoint `path` with its weights, and its view spec."""
+    state = load_checkpoint(path)
+    if state.get("format") != FORMAT or "recipe" not in state or "labels" not in state:
+        raise VidactError(
+            f"{path}: a plain state_dict has no recipe or label map; evaluate needs a "
+            "checkpoint written by `vidact train`"
+        )
+    recipe = recipe_from_dict(state["recipe"], overrides, source=f"{path} (recipe)")
+    cfg = _eval_config(recipe, settings, path)
+    labels = list(state["labels"])
+    # The checkpoint holds every weight: never fetch pretrained ones while building.
+    for key, value in recipe.model.kwargs().items():
+        if key.endswith("weights") and isinstance(value, str):
+            setattr(recipe.model, key, None)
+    model = build_model_for(recipe, len(labels))
+    want_ema = cfg.ema if use_ema is None else use_ema
+    weights = state["model"]
+    ema = bool(want_ema and state.get("ema"))
+    if ema:
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+        weights.pop("n_averaged", None)
+    elif use_ema:
+        console.info(f"{path}: no EMA weights in the checkpoint; using the model's weights")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise VidactError(
+            f"{path}: its weights do not fit model '{recipe.model.name}' ({first})"
+        ) from None
+    data = recipe.data
+    spec = ViewSpec(
+        num_frames=data.num_frames,
+        sampler=data.sampler,
+        frame_stride=data.frame_stride,
+        clips=cfg.clips,
+        crops=cfg.crops,
+        crop_size=cfg.crop_size or data.input_size,
+        short_side=cfg.short_side or data.short_side,
+        modality=data.modality,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+    )
+    return Member(path, recipe, cfg, labels, model.eval(), spec, ema, _sha256(path))
+
+
+def split_manifest(recipe: Recipe, split: str) -> Path:
+    """val -> data.val_manifest, train -> data.train_manifest, else <split>.jsonl (or a
+    manifest file name), under data.root."""
+    root = Path(recipe.data.root)
+    named = {"val": recipe.data.val_manifest, "train": recipe.data.train_manifest}
+    if split in named:
+        return root / named[split]
+    return root / (split if split.endswith(".jsonl") else f"{split}.jsonl")
+
+
+def default_out(checkpoint: Path, split: str) -> Path:
+    """<run folder>/eval/<split>; the run folder holds checkpoints/<name>.pt."""
+    parent = checkpoint.parent
+    run = parent.parent if parent.name == "checkpoints" else parent
+    return run / "eval" / Path(split).stem
+
+
+def view_text(spec: ViewSpec) -> str:
+    crops = spec.crops.replace("random:", "") + (" random" if "random" in spec.crops else "")
+    return f"{spec.clips} clip{'s' * (spec.clips > 1)} x {crops} crop{'s' * (spec.crops != '1')}"
+
+
+# --------------------------------------------------------------------------------- cache
+
+
+def read_cache(cache: Path) -> dict[int, np.ndarray]:
+    """video index -> (models, classes) scores, from every shard in `cache`."""
+    scores: dict[int, np.ndarray] = {}
+    for shard in sorted(cache.glob("scores-*.npz")):
+        with np.load(shard) as data:
+            for index, row in zip(data["indices"].tolist(), data["scores"], strict=True):
+                scores[int(index)] = row
+    return scores
+
+
+def _write_shard(cache: Path, scores: dict[int, np.ndarray]) -> None:
+    if not scores:
+        return
+    indices = sorted(scores)
+    # The first index names the shard: it was not scored before, so no shard has it.
+    with atomic_path(cache / f"scores-{indices[0]:09d}.npz") as tmp:
+        np.savez(tmp, indices=np.array(indices), scores=np.stack([scores[i] for i in indices]))
+    scores.clear()
+
+
+# ------------------------------------------------------------------------------- scoring
+
+
+class _Scorer:
+    """Runs one model over view tensors in full batches, whatever video they come from,
+    and averages each video's views once all of them are scored."""
+
+    def __init__(
+        self, member: Member, batch_size: int, device: torch.device, amp: str, average: str
+    ) -> None:
+        self.model, self.views_per_video = member.model, member.spec.num_views
+        self.batch_size, self.device, self.amp, self.average = batch_size, device, amp, average
+        self.pending: list[torch.Tensor] = []
+        self.owners: list[int] = []  # the video of each pending view
+        self.outputs: dict[int, list[torch.Tensor]] = {}
+        self.done: dict[int, np.ndarray] = {}
+
+    def add(self, video: int, views: torch.Tensor) -> None:
+        self.pending.append(views)
+        self.owners += [video] * len(views)
+        if len(self.owners) >= self.batch_size:
+            self.run(full_batches_only=True)
+
+    @torch.inference_mode()
+    def run(self, full_batches_only: bool = False) -> None:
+        if not self.owners:
+            return
+        views = torch.cat(self.pending)
+        size = self.batch_size
+        end = len(views) - len(views) % size if full_batches_only else len(views)
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        for start in range(0, end, size):
+            batch = views[start : start + size].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp != "none"):
+                logits = self.model(batch).float().cpu()
+            for row, video in zip(logits, self.owners[start : start + size], strict=True):
+                self.outputs.setdefault(video, []).append(row)
+        self.pending = [views[end:]] if end < len(views) else []
+        self.owners = self.owners[end:]
+        for video in [v for v, rows in self.outputs.items() if len(rows) == self.views_per_video]:
+            logits = torch.stack(self.outputs.pop(video)).double()
+            scores = logits.softmax(dim=1) if self.average == "softmax" else logits
+            self.done[video] = scores.mean(dim=0).numpy()
+
+
+def _collect(scorers: list[_Scorer], into: dict[int, np.ndarray]) -> None:
+    """Move the videos that every model has scored into `into` as (models, classes)."""
+    for video in [v for v in scorers[0].done if all(v in s.done for s in scorers)]:
+        into[video] = np.stack([s.done.pop(video) for s in scorers]).astype(np.float32)
+
+
+def _gather_failures(failed: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return failed
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, failed)
+    return sorted(item for part in parts for item in part)
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(
+    checkpoints: list[Path],
+    *,
+    split: str | None = None,
+    clips: int | None = None,
+    crops: str | None = None,
+    crop_size: int | None = None,
+    short_side: int | None = None,
+    average: str | None = None,
+    use_ema: bool | None = None,
+    out: Path | None = None,
+    profile: bool = False,
+    overrides: tuple[str, ...] = (),
+    save_every: int = 32,
+) -> EvalResult:
+    """Evaluate one checkpoint, or fuse several (an ensemble), on a split; see the module
+    docstring. Settings left None come from each checkpoint's recipe (`eval` section);
+    `overrides` ("data.root=/data/k400") change those recipes first."""
+    start_time = time.perf_counter()
+    if not checkpoints:
+        raise VidactError("give at least one checkpoint to evaluate")
+    info = distributed.setup()
+    device = distributed.device_for(info)
+    given = {"split": split, "clips": clips, "crops": crops, "crop_size": crop_size}
+    given |= {"short_side": short_side, "average": average}
+    settings = {k: v for k, v in given.items() if v is not None}
+    members = [load_member(Path(p), settings, use_ema, tuple(overrides)) for p in checkpoints]
+    first = members[0]
+    for member in members[1:]:
+        if member.labels != first.labels:
+            raise VidactError(
+                f"{member.path}: its classes differ from those of {first.path}; an ensemble "
+                "needs models trained on the same label map"
+            )
+    cfg, data = first.eval, first.recipe.data
+    class_names = first.labels
+    manifest = split_manifest(first.recipe, cfg.split)
+    samples = load_manifest(manifest, check_files=False, num_classes=len(class_names))
+    out_dir = Path(out) if out is not None else default_out(first.path, cfg.split)
+
+    key_data = {
+        "version": CACHE_VERSION,
+        "manifest": _sha256(manifest),
+        "average": cfg.average,
+        "seed": first.recipe.train.seed,
+        "models": [{"sha256": m.digest, "ema": m.ema, **asdict(m.spec)} for m in members],
+    }
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    cache = out_dir / "cache" / key
+    if info.is_main:
+        cache.mkdir(parents=True, exist_ok=True)
+        settings_file = {**key_data, "checkpoints": [str(m.path) for m in members]}
+        atomic_write_text(cache / "settings.json", json.dumps(settings_file, indent=1) + "\n")
+    distributed.barrier()
+    cached = read_cache(cache)
+    todo = [i for i in range(len(samples)) if i not in cached and i % info.world == info.rank]
+    if info.is_main and cached:
+        console.info(f"resuming: {len(cached)} of {len(samples)} videos already scored ({cache})")
+
+    for member in members:
+        member.model.to(device)
+    amp = first.recipe.train.amp if device.type == "cuda" else "none"
+    scorers = [_Scorer(m, cfg.batch_size, device, amp, cfg.average) for m in members]
+    videos = VideoViews(
+        samples, data.root, [m.spec for m in members], todo, first.recipe.train.seed,
+        data.video_backend,
+    )  # fmt: skip
+    workers = min(data.num_workers, len(todo))
+    loader = DataLoader(
+        videos, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None
+    )
+    failed: list[tuple[int, str]] = []
+    unsaved: dict[int, np.ndarray] = {}
+    scored, loop_start = 0, time.perf_counter()
+    try:
+        with console.progress_task(f"evaluating {cfg.split}", total=len(todo)) as advance:
+            for item in loader:
+                if item["error"]:
+                    failed.append((item["index"], item["error"]))
+                    console.warn(f"skipped a video that failed to decode: {item['error']}")
+                else:
+                    for scorer, views in zip(scorers, item["views"], strict=True):
+                        scorer.add(item["index"], views)
+                    _collect(scorers, unsaved)
+                advance(status=f"{len(failed)} failed" if failed else "")
+                if len(unsaved) >= save_every:
+                    scored += len(unsaved)
+                    _write_shard(cache, unsaved)
+            for scorer in scorers:
+                scorer.run()
+            _collect(scorers, unsaved)
+    finally:  # also on Ctrl-C: what is scored stays scored
+        scored += len(unsaved)
+        _write_shard(cache, unsaved)
+    loop_seconds = time.perf_counter() - loop_start
+    all_failed = _gather_failures(failed)
+    distributed.barrier()
+    result = EvalResult(out_dir, cfg.split, {}, scored_now=scored, resumed=len(cached))
+    result.views = [view_text(m.spec) for m in members]
+    if not info.is_main:
+        return result
+
+    scores = read_cache(cache)
+    bad = {index for index, _ in all_failed}
+    missing = [s.path for i, s in enumerate(samples) if i not in scores and i not in bad]
+    if missing:
+        raise VidactError(f"{len(missing)} videos have no scores (first: {missing[0]}); re-run")
+    kept = [i for i in range(len(samples)) if i in scores]
+    if not kept:
+        raise VidactError(
+            f"{manifest}: none of its {len(samples)} videos could be decoded (first: "
+            f"{all_failed[0][1]}); check data.root (--set data.root=...) and the videos"
+        )
+    fused = np.stack([scores[i].astype(np.float64).mean(axis=0) for i in kept])  # ensemble
+    labels = np.array([samples[i].label for i in kept], dtype=np.int64)
+    metrics = report.compute_metrics(fused, labels, len(class_names))
+    result.videos = [samples[i].path for i in kept]
+    result.scores, result.labels = fused, labels.tolist()
+    result.class_names = class_names
+    result.failed = [(samples[i].path, reason) for i, reason in all_failed]
+    if profile:
+        result.profile = profile_members(members, device, amp)
+        if scored:  # decode + views + forward, as this run went (rank 0's share)
+            for row in result.profile:
+                row["seconds_per_video_end_to_end"] = loop_seconds / scored
+    for entry in metrics["per_class"]:
+        entry["class"] = class_names[entry["id"]]
+    metrics = {
+        "split": cfg.split,
+        "manifest": str(manifest),
+        "checkpoints": [str(m.path) for m in members],
+        "ema": [m.ema for m in members],
+        "views": result.views,
+        "average": cfg.average,
+        **metrics,
+        "failed": len(result.failed),
+        "failed_videos": [{"video": v, "reason": r} for v, r in result.failed],
+        "profile": result.profile,
+    }
+    result.metrics = metrics
+    result.files = report.write_reports(out_dir, metrics, result.videos, fused, labels, class_names)
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+def _gflops(macs: float) -> str:
+    value = macs / 1e9
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def profile_members(
+    members: list[Member], device: torch.device, amp: str = "none"
+) -> list[dict[str, Any]]:
+    """Parameters, GFLOPs (multiply-adds, as the papers count them) per view and per
+    video, and the measured forward latency of one video's views on `device`."""
+    rows = []
+    for member in members:
+        spec = member.spec
+        view_shape = (spec.channels, spec.num_frames, spec.crop_size, spec.crop_size)
+        with torch.device("meta"):
+            meta = build_model_for(member.recipe, len(member.labels))
+        macs = count_macs(meta, (1, *view_shape))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        latency = measure_latency(
+            member.model, (spec.num_views, *view_shape), warmup=1, repeats=3, device=device,
+            autocast_dtype=dtype,
+        )  # fmt: skip
+        rows.append(
+            {
+                "checkpoint": str(member.path),
+                "model": member.recipe.model.name,
+                "input": "x".join(str(d) for d in view_shape),
+                "params": count_params(member.model),
+                "views": spec.num_views,
+                "gflops_per_view": macs / 1e9,
+                "gflops_per_video": macs * spec.num_views / 1e9,
+                "gflops": f"{_gflops(macs)} x {spec.num_views}",
+                "latency_ms_per_video": 1000.0 * latency.median,
+                "device": str(device),
+            }
+        )
+    return rows
