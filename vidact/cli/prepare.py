@@ -1,14 +1,23 @@
-"""`vidact prepare ...`: datasets -> manifests (and frames)."""
+"""`vidact prepare ...`: datasets -> manifests (and frames).
+
+One command per dataset; each forwards its options to `vidact.data.extract.prepare` and
+prints the summary. The shared options (--out, --mode, --short-side, --fps, --quality,
+--workers, --shard, --classes, --no-disk-check) are declared once below.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vidact import console
 from vidact.cli.app import app, user_errors
+
+if TYPE_CHECKING:
+    from vidact.data.extract import PrepareSummary
 
 prepare_app = typer.Typer(
     help="Turn annotations + videos into manifests (and frames). Example: "
@@ -16,6 +25,61 @@ prepare_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(prepare_app, name="prepare")
+
+
+class Mode(str, Enum):
+    none = "none"
+    frames = "frames"
+    videos = "videos"
+
+
+Videos = Annotated[
+    Path,
+    typer.Option("--videos", help="Folder that holds the dataset's videos.", show_default=False),
+]
+Annotations = Annotated[
+    Path,
+    typer.Option(
+        "--annotations", help="The official annotation file(s) or their folder.", show_default=False
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.", show_default=False)]
+ModeOption = Annotated[
+    Mode,
+    typer.Option(
+        "--mode",
+        case_sensitive=False,
+        help="frames: JPEG frames (+ mmaction2 rawframe lists); videos: resized MP4s; "
+        "none: manifests over the original videos.",
+    ),
+]
+ShortSide = Annotated[
+    int, typer.Option("--short-side", help="Resize to this short side in pixels (0 keeps).")
+]
+Fps = Annotated[
+    float | None, typer.Option("--fps", help="Resample to this frame rate (default: keep all).")
+]
+Quality = Annotated[int, typer.Option("--quality", help="JPEG quality of --mode frames (1-100).")]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", help="Processes (default: one per core; 0 = in this process)."),
+]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="K/N: do every N-th video starting at the K-th (K = 1..N), e.g. one SLURM "
+        "array task each; all shards share --out.",
+    ),
+]
+Classes = Annotated[
+    Path | None,
+    typer.Option("--classes", help="File with one class name per line: keep only these."),
+]
+NoDiskCheck = Annotated[
+    bool,
+    typer.Option("--no-disk-check", help="Start even if the estimated output exceeds free space."),
+]
 
 
 @prepare_app.command("synthetic")
@@ -70,3 +134,266 @@ def prepare_synthetic(
             ("time", f"{summary.seconds:.1f} s"),
         ],
     )
+
+
+def _run(
+    dataset: str,
+    videos: Path,
+    annotations: Path | None,
+    out: Path,
+    mode: Mode,
+    short_side: int,
+    fps: float | None,
+    quality: int,
+    workers: int | None,
+    shard: str | None,
+    classes: Path | None,
+    no_disk_check: bool,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> None:
+    from vidact.data.extract import prepare
+
+    summary = prepare(
+        dataset,
+        videos,
+        annotations,
+        out,
+        mode=mode.value,
+        short_side=short_side,
+        fps=fps,
+        quality=quality,
+        workers=workers,
+        shard=shard,
+        classes=classes,
+        check_free_space=not no_disk_check,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    for note in summary.notes:
+        console.warn(note)
+    console.summary_table(f"{dataset} dataset", _summary_rows(summary))
+
+
+def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:
+    rows = [
+        ("dataset", f"{summary.dataset}, {summary.classes} classes, mode {summary.mode}"),
+        ("folder", str(summary.out)),
+    ]
+    if summary.shard is not None:
+        rows.append(("shard", f"{summary.shard[0]}/{summary.shard[1]}: {summary.total} videos"))
+    disk = f"{console.human_bytes(summary.bytes_written)} written, "
+    disk += f"{console.human_bytes(summary.bytes_on_disk)} in all"
+    if summary.estimated_bytes:
+        disk += f" (estimate was {console.human_bytes(summary.estimated_bytes)})"
+    rows += [
+        ("done", f"{summary.done} now, {summary.skipped} skipped (done before)"),
+        ("failed", f"{summary.failed} unreadable, {summary.missing} missing"),
+        ("frames written", str(summary.frames_written)),
+        ("disk", disk),
+        (
+            "time",
+            f"{summary.seconds:.1f} s, {summary.videos_per_second:.1f} videos/s, "
+            f"{summary.frames_per_second:.0f} frames/s",
+        ),
+    ]
+    if summary.manifests:
+        rows.append(("manifests", ", ".join(f"{k} {v}" for k, v in summary.manifests.items())))
+    else:
+        rows.append(("manifests", f"not yet: {summary.pending} videos left to other shards"))
+    if summary.failed or summary.missing:
+        rows.append(("failures", str(summary.out / "failures.jsonl")))
+    if summary.missing_examples:
+        rows.append(("missing e.g.", ", ".join(summary.missing_examples[:3])))
+    for example in summary.failure_examples[:3]:
+        rows.append(("failed e.g.", example))
+    return rows
+
+
+@prepare_app.command("kinetics")
+@user_errors
+def prepare_kinetics(
+    videos: Videos,
+    annotations: Annotations,
+    out: Out,
+    mode: ModeOption = Mode.frames,
+    short_side: ShortSide = 256,
+    fps: Fps = None,
+    quality: Quality = 90,
+    workers: Workers = None,
+    shard: Shard = None,
+    classes: Classes = None,
+    no_disk_check: NoDiskCheck = False,
+) -> None:
+    """Kinetics-400/600/700 from the official CSV files.
+
+    CSV columns: label, youtube_id, time_start, time_end, split. Clips are found
+    by name anywhere under --videos (with or without class folders):
+    {youtube_id}_{start:06d}_{end:06d}.mp4, or the untrimmed {youtube_id}.mp4.
+    Missing clips are counted and listed in failures.jsonl, never fatal.
+    Re-running the same command resumes.
+
+    Examples:
+      vidact prepare kinetics --videos k400 --annotations k400/csv --out data/k400
+      vidact prepare kinetics --videos k400 --annotations k400/csv \\
+          --out data/mini200 --classes mini_kinetics_200.txt
+      vidact prepare kinetics --videos k400 --annotations k400/csv \\
+          --out data/k400 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+    """
+
+    _run("kinetics", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
+         classes, no_disk_check)  # fmt: skip
+
+
+@prepare_app.command("hmdb51")
+@user_errors
+def prepare_hmdb51(
+    videos: Videos,
+    annotations: Annotations,
+    out: Out,
+    mode: ModeOption = Mode.frames,
+    short_side: ShortSide = 256,
+    fps: Fps = None,
+    quality: Quality = 90,
+    workers: Workers = None,
+    shard: Shard = None,
+    classes: Classes = None,
+    no_disk_check: NoDiskCheck = False,
+) -> None:
+    """HMDB51 from the official split files (testTrainMulti_7030_splits).
+
+    <class>_test_split<k>.txt: id 1 = train, 2 = test, 0 = unused. Writes
+    train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each video is
+    extracted once. --videos is the rar-extracted folder of class folders.
+
+    Examples:
+      vidact prepare hmdb51 --videos hmdb51 \\
+          --annotations testTrainMulti_7030_splits --out data/hmdb51
+      vidact prepare hmdb51 --videos hmdb51 \\
+          --annotations testTrainMulti_7030_splits --out data/h --mode videos
+    """
+    _run("hmdb51", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
+         classes, no_disk_check)  # fmt: skip
+
+
+@prepare_app.command("ucf101")
+@user_errors
+def prepare_ucf101(
+    videos: Videos,
+    annotations: Annotations,
+    out: Out,
+    mode: ModeOption = Mode.frames,
+    short_side: ShortSide = 256,
+    fps: Fps = None,
+    quality: Quality = 90,
+    workers: Workers = None,
+    shard: Shard = None,
+    classes: Classes = None,
+    no_disk_check: NoDiskCheck = False,
+) -> None:
+    """UCF101 from ucfTrainTestlist (classInd.txt, trainlist0k, testlist0k).
+
+    Writes train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each
+    video is extracted once. --videos is the UCF-101 folder of class folders.
+
+    Examples:
+      vidact prepare ucf101 --videos UCF-101 \\
+          --annotations ucfTrainTestlist --out data/ucf101
+      vidact prepare ucf101 --videos UCF-101 \\
+          --annotations ucfTrainTestlist --out data/ucf101-raw --mode none
+    """
+    _run("ucf101", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
+         classes, no_disk_check)  # fmt: skip
+
+
+@prepare_app.command("sthv1")
+@user_errors
+def prepare_sthv1(
+    videos: Videos,
+    annotations: Annotations,
+    out: Out,
+    mode: ModeOption = Mode.frames,
+    short_side: ShortSide = 256,
+    fps: Fps = None,
+    quality: Quality = 90,
+    workers: Workers = None,
+    shard: Shard = None,
+    classes: Classes = None,
+    no_disk_check: NoDiskCheck = False,
+) -> None:
+    """Something-Something V1: JPEG frame folders + ';'-separated CSV files.
+
+    --videos is 20bn-something-something-v1 (a folder of 00001.jpg ... per
+    video); --annotations holds something-something-v1-{labels,train,
+    validation}.csv. Frames that need no resizing are copied byte for byte.
+    Only --mode frames or videos (vidact reads img_00001.jpg folders).
+
+    Examples:
+      vidact prepare sthv1 --videos 20bn-something-something-v1 \\
+          --annotations sthv1-annotations --out data/sthv1
+    """
+    _run("sthv1", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
+         classes, no_disk_check)  # fmt: skip
+
+
+@prepare_app.command("sthv2")
+@user_errors
+def prepare_sthv2(
+    videos: Videos,
+    annotations: Annotations,
+    out: Out,
+    mode: ModeOption = Mode.frames,
+    short_side: ShortSide = 256,
+    fps: Fps = None,
+    quality: Quality = 90,
+    workers: Workers = None,
+    shard: Shard = None,
+    classes: Classes = None,
+    no_disk_check: NoDiskCheck = False,
+) -> None:
+    """Something-Something V2: <id>.webm videos + the JSON annotation files.
+
+    --annotations holds something-something-v2-{labels,train,validation}.json.
+    A sample's class is its template with the brackets removed, as the
+    official tools do.
+
+    Examples:
+      vidact prepare sthv2 --videos 20bn-something-something-v2 \\
+          --annotations labels --out data/sthv2
+      vidact prepare sthv2 --videos 20bn-something-something-v2 \\
+          --annotations labels --out data/sthv2-raw --mode none
+    """
+    _run("sthv2", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
+         classes, no_disk_check)  # fmt: skip
+
+
+@prepare_app.command("folder")
+@user_errors
+def prepare_folder(
+    videos: Videos,
+    out: Out,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of each class kept for val (0: none).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val split.")] = 0,
+    mode: ModeOption = Mode.frames,
+    short_side: ShortSide = 256,
+    fps: Fps = None,
+    quality: Quality = 90,
+    workers: Workers = None,
+    shard: Shard = None,
+    classes: Classes = None,
+    no_disk_check: NoDiskCheck = False,
+) -> None:
+    """A plain folder with one sub-folder of videos per class.
+
+    Classes are the sorted folder names. With --val-fraction, each class is
+    split into train/val by a per-class shuffle from --seed (same seed, same
+    split).
+
+    Examples:
+      vidact prepare folder --videos my_videos --out data/mine --val-fraction 0.2
+      vidact prepare folder --videos my_videos --out data/mine-raw --mode none
+    """
+    _run("folder", videos, None, out, mode, short_side, fps, quality, workers, shard, classes,
+         no_disk_check, val_fraction=val_fraction, seed=seed)  # fmt: skip

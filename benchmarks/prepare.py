@@ -1,0 +1,228 @@
+"""Throughput of `prepare --mode frames` against the bare work and raw decord decoding.
+
+    python benchmarks/prepare.py                       # 8 clips of 15 s, 640x272, all cores
+    python benchmarks/prepare.py --workers 1 --videos 4
+    python benchmarks/prepare.py --keep /tmp/bench-videos   # reuse the generated clips
+
+Three measurements on the same generated videos and the same number of processes:
+  raw decord  decode every frame to a numpy array (decord, one thread per process);
+  bare work   decode, resize (short side) and JPEG-encode every frame in a tight loop,
+              nothing written, in an already started process pool;
+  pipeline    `vidact.data.extract.prepare_dataset(..., mode="frames")` from the call to
+              its return: pool start-up, size estimate, atomic frame folders, done
+              records, manifests and rawframe lists included;
+  steady      the same run's processing phase only (its summary's `seconds`: first
+              video submitted to last result), the part that grows with the dataset.
+Runs are interleaved (raw, bare, pipeline, raw, ...) so that load from other processes
+on a shared machine hits all three alike; the ratios of the medians are the figures to
+quote, the ratios of the best runs are printed beside them. The target is pipeline >= 85%
+of the bare work. On a machine shared with other jobs wall-clock ratios swing widely, so
+the CPU seconds each variant spends per frame (in every process it uses) are printed too:
+their ratio is what the throughput ratio would be on an otherwise idle machine, if the
+file writes (done by threads, overlapped with encoding) do not wait on the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vidact.data.extract import PrepareOptions, output_size, prepare_dataset
+from vidact.data.sources.common import SourceDataset, SourceRecord
+
+
+def make_clip(path: Path, frames: int, width: int, height: int, seed: int) -> None:
+    """A synthetic-looking clip: a blurred colour texture panning, moving shapes, text."""
+    rng = np.random.default_rng(seed)
+    pad = 96
+    noise = rng.integers(0, 255, ((height + pad) // 8, (width + pad) // 8, 3), np.uint8)
+    texture = cv2.GaussianBlur(cv2.resize(noise, (width + pad, height + pad)), (0, 0), 2.5)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25.0, (width, height))
+    for t in range(frames):
+        dx = int(pad / 2 + pad / 2.2 * np.sin(t / 23 + seed))
+        dy = int(pad / 2 + pad / 2.2 * np.cos(t / 31 + seed))
+        frame = texture[dy : dy + height, dx : dx + width].copy()
+        for k in range(3):
+            centre = (int(width / 2 + width / 3 * np.sin(t / (11 + 4 * k) + k)), height // (k + 2))
+            colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+            cv2.circle(frame, centre, 18 + 9 * k, colour, -1)
+        cv2.putText(
+            frame, f"clip {seed} t={t}", (16, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (255,) * 3, 2
+        )
+        writer.write(frame)
+    writer.release()
+
+
+# -------------------------------------------------------------------- yardsticks (workers)
+
+
+def _init() -> None:
+    cv2.setNumThreads(1)
+
+
+def raw_decode(path: str) -> tuple[int, float]:
+    """(frames, CPU seconds) of decoding every frame."""
+    import decord
+
+    cpu = time.process_time()
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    count = 0
+    for _ in range(len(reader)):
+        reader.next().asnumpy()
+        count += 1
+    return count, time.process_time() - cpu
+
+
+def bare_work(path: str, short_side: int, quality: int) -> tuple[int, float]:
+    """(frames, CPU seconds) of decoding, resizing and JPEG-encoding every frame."""
+    import decord
+
+    cpu = time.process_time()
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    size = None
+    count = 0
+    for _ in range(len(reader)):
+        frame = reader.next().asnumpy()
+        if size is None:
+            size = output_size(frame.shape[1], frame.shape[0], short_side)
+        small = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+        cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), params)
+        count += 1
+    return count, time.process_time() - cpu
+
+
+def _bare(args: tuple[str, int, int]) -> tuple[int, float]:
+    return bare_work(*args)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=8, help="clips to generate")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each clip (25 fps)")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=272)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--short-side", type=int, default=256)
+    parser.add_argument("--quality", type=int, default=90)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keep", type=Path, default=None, help="folder to keep/reuse the clips")
+    parser.add_argument("--workdir", type=Path, default=None, help="where outputs go (temp)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="vidact-bench-", dir=args.workdir))
+    clips_dir = args.keep or work / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    frames_per_clip = round(args.seconds * 25)
+    clips = []
+    for i in range(args.videos):
+        path = clips_dir / f"clip{i}_{args.width}x{args.height}_{frames_per_clip}.mp4"
+        if not path.is_file():
+            make_clip(path, frames_per_clip, args.width, args.height, seed=i)
+        clips.append(path)
+    total_frames = args.videos * frames_per_clip
+    source = SourceDataset(
+        "bench",
+        ["clips"],
+        {"train": [SourceRecord(f"clips/{p.stem}", p, 0, "clips") for p in clips]},
+    )
+    options = PrepareOptions(mode="frames", short_side=args.short_side, quality=args.quality)
+    print(
+        f"{args.videos} clips of {frames_per_clip} frames, {args.width}x{args.height} -> short "
+        f"side {args.short_side}, JPEG q{args.quality}, {args.workers} processes, "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
+
+    times: dict[str, list[float]] = {"raw decord": [], "bare work": [], "pipeline": []}
+    times["steady"] = []
+    cpu: dict[str, list[float]] = {"raw decord": [], "bare work": [], "pipeline": []}
+    written = 0
+    spawn = multiprocessing.get_context("spawn")  # forking after OpenCV's threads ran deadlocks
+    with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init) as pool:
+        list(pool.map(_init_probe, range(args.workers)))  # start every worker before timing
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            results = list(pool.map(raw_decode, map(str, clips)))
+            times["raw decord"].append(time.perf_counter() - start)
+            assert sum(n for n, _ in results) == total_frames
+            cpu["raw decord"].append(sum(c for _, c in results))
+
+            start = time.perf_counter()
+            jobs = [(str(p), args.short_side, args.quality) for p in clips]
+            results = list(pool.map(_bare, jobs))
+            times["bare work"].append(time.perf_counter() - start)
+            assert sum(n for n, _ in results) == total_frames
+            cpu["bare work"].append(sum(c for _, c in results))
+
+            out = work / f"out{repeat}"
+            own, children = time.process_time(), _children_cpu()
+            start = time.perf_counter()
+            summary = prepare_dataset(
+                source, out, options, workers=args.workers, check_free_space=False
+            )
+            times["pipeline"].append(time.perf_counter() - start)
+            # its pool is shut down and reaped, so its workers count as finished children
+            spent = time.process_time() - own + _children_cpu() - children
+            cpu["pipeline"].append(spent)
+            times["steady"].append(summary.seconds)
+            assert summary.frames_written == total_frames and summary.failed == 0
+            written = summary.bytes_written
+            shutil.rmtree(out)
+
+    print(f"  {'':11s} {'videos/s':>9s} {'frames/s':>9s}   (median of {args.repeats}; best)")
+    for name, values in times.items():
+        med, best = statistics.median(values), min(values)
+        print(
+            f"  {name:11s} {args.videos / med:9.2f} {total_frames / med:9.0f}   "
+            f"best {total_frames / best:6.0f} frames/s"
+        )
+    med = {name: statistics.median(values) for name, values in times.items()}
+    best = {name: min(values) for name, values in times.items()}
+    print(
+        f"  pipeline / bare work   {med['bare work'] / med['pipeline']:6.1%} "
+        f"(best runs {best['bare work'] / best['pipeline']:.1%}; target >= 85%)"
+    )
+    print(
+        f"  steady / bare work     {med['bare work'] / med['steady']:6.1%} "
+        f"(best runs {best['bare work'] / best['steady']:.1%})"
+    )
+    print(
+        f"  pipeline / raw decord  {med['raw decord'] / med['pipeline']:6.1%} "
+        f"(best runs {best['raw decord'] / best['pipeline']:.1%})"
+    )
+    per_frame = {name: statistics.median(v) / total_frames * 1e3 for name, v in cpu.items()}
+    print(
+        "  CPU per frame (all processes; immune to other jobs' load): "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_frame.items())
+    )
+    print(
+        f"  CPU cost bare work / pipeline  {per_frame['bare work'] / per_frame['pipeline']:6.1%} "
+        "(the pipeline's own CPU includes process start-up and the size estimate)"
+    )
+    print(f"  JPEG output {written / total_frames / 1024:.1f} KB per frame")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _init_probe(_: int) -> int:
+    time.sleep(0.05)  # long enough that every worker process gets one
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    main()
