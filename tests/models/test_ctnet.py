@@ -302,6 +302,10 @@ def test_user_errors_are_vidact_errors() -> None:
         build_model("ctnet_resnet50", num_classes=3, module="i3d")
     with pytest.raises(VidactError, match="excitation"):
         build_model("ctnet_resnet50", num_classes=3, excitation="cbam")
+    with pytest.raises(VidactError, match="3 kernel sizes for 2 sub-dimensions"):
+        build_model("ctnet_resnet50", num_classes=3, kernel_sizes=[3, 3, 3])
+    with pytest.raises(VidactError, match="num_subdims"):
+        build_model("ctnet_resnet50", num_classes=3, num_subdims=0)
     with torch.device("meta"):
         model = build_model("ctnet_resnet50", num_classes=3)
     with pytest.raises(VidactError, match=r"\(N, C, T, H, W\)"):

@@ -173,6 +173,10 @@ class CTNet(nn.Module):
                 f"CT-Net needs num_classes >= 1, num_frames >= 1 and 0 <= dropout < 1; got "
                 f"{num_classes}, {num_frames}, {dropout}"
             )
+        if num_subdims < 1 or te_reduction < 1:
+            raise VidactError(
+                f"num_subdims and te_reduction must be >= 1, got {num_subdims}, {te_reduction}"
+            )
         if kernel_sizes is not None and any(k < 1 or k % 2 == 0 for k in kernel_sizes):
             raise VidactError(f"kernel_sizes must be odd and positive, got {list(kernel_sizes)}")
         self.depth, self.num_frames, self.channels_last = depth, num_frames, channels_last
@@ -191,14 +195,17 @@ class CTNet(nn.Module):
                 block = blocks[i]
                 assert isinstance(block, Bottleneck)
                 width = block.conv2.in_channels
-                ops = module_ops(
-                    module, width, connection=connection, num_subdims=num_subdims,
-                    kernel_sizes=kernel_sizes,
-                )  # fmt: skip
-                ct = CTModule(
-                    width, ops, pwconv=module == "ct" if pwconv is None else pwconv,
-                    excitation=excitation, te_reduction=te_reduction,
-                )  # fmt: skip
+                try:
+                    ops = module_ops(
+                        module, width, connection=connection, num_subdims=num_subdims,
+                        kernel_sizes=kernel_sizes,
+                    )  # fmt: skip
+                    ct = CTModule(
+                        width, ops, pwconv=module == "ct" if pwconv is None else pwconv,
+                        excitation=excitation, te_reduction=te_reduction,
+                    )  # fmt: skip
+                except ValueError as exc:  # e.g. 3 kernel sizes for K = 2
+                    raise VidactError(f"CT-Net, {width}-channel CT-Module: {exc}") from None
                 _init_module(ct)
                 blocks[i] = CTBottleneck(block, ct)
             stages.append(nn.ModuleList(blocks))
