@@ -1,6 +1,6 @@
 """Throughput of `prepare --mode frames` against the bare work and raw decord decoding.
 
-    python benchmarks/prepare.py                       # 8 clips of 15 s, 640x272, all cores
+    python benchmarks/prepare.py                       # 12 clips of 20 s, 640x272, all cores
     python benchmarks/prepare.py --workers 1 --videos 4
     python benchmarks/prepare.py --keep /tmp/bench-videos   # reuse the generated clips
 
@@ -114,8 +114,8 @@ def _children_cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=8, help="clips to generate")
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each clip (25 fps)")
+    parser.add_argument("--videos", type=int, default=12, help="clips to generate")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each clip (25 fps)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=272)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
