@@ -31,11 +31,13 @@ Conventions (tested):
   is 0 the update is v = u (the limit of the first two cases), computed without a NaN.
 
 Speed: the three cases of Eq. 3 are one clamp, v = u - grad F2 * clamp(rho / |grad F2|^2,
--lambda*theta, lambda*theta); all B*C channels and both flow components go through single
-depthwise conv2d calls (no Python work per channel). In training, each iteration is
-recomputed in the backward pass (``torch.utils.checkpoint``), so the memory kept is the
-state (u, p) per iteration instead of every intermediate; gradients are exact. The core
-runs in float32 with autocast disabled.
+-lambda*theta, lambda*theta); all B*C channels and both flow components go through the same
+elementwise/shifted-view operations (no Python work per channel; CPU depthwise conv2d is far
+slower here). In training, the printed (fixed) Sobel kernels take ``_Iterations``: the
+forward keeps only the state (u, p) entering each iteration and a hand-written backward
+recomputes each iteration and applies its exact adjoint. Learned Sobel kernels take
+autograd with ``torch.utils.checkpoint`` per iteration (also exact, same memory bound).
+The core runs in float32 (float64 for float64 input) with autocast disabled.
 """
 
 from __future__ import annotations
@@ -284,7 +286,10 @@ class RepresentationFlow(nn.Module):
             Default: divergence + tvl1 (Table 2). Fixed ones are buffers.
         normalize_sobel: divide the Sobel kernels by 8 so the flow is in pixels.
         tau, lam, theta: initial values (default: the classic TV-L1 values above).
-        checkpoint: recompute each iteration in the backward pass (exact, bounded memory).
+        checkpoint: with autograd, recompute each iteration in the backward pass (exact,
+            bounded memory).
+        custom_backward: with the printed Sobel kernels, use the hand-written exact backward
+            (fastest; stores only the per-iteration state).
     """
 
     def __init__(
