@@ -2,8 +2,8 @@
 
 Every video model takes float input (N, C, T, H, W) and returns (N, num_classes) logits.
 Model families register their constructors with `@register_model("name")` in their own
-module; the modules are imported below so that their names exist once `vidact.models`
-is imported.
+module; the modules are imported at the bottom so that their names exist once
+`vidact.models` is imported.
 """
 
 from __future__ import annotations
@@ -49,18 +49,8 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
-# Model families register themselves on import. Keep this list in sync with the modules.
-def _import_families() -> None:
-    import importlib
-
-    for module in ("baselines", "rep_flow_nets", "ctnet"):
-        try:
-            importlib.import_module(f"vidact.models.{module}")
-        except ModuleNotFoundError as exc:  # a family not written yet
-            if exc.name != f"vidact.models.{module}":
-                raise
-
-
-_import_families()
+# Model families register their names on import (bottom of the module: they import
+# `register_model` from here).
+from vidact.models import baselines, ctnet, rep_flow_nets, small_cnn  # noqa: E402, F401
 
 __all__ = ["build_model", "list_models", "register_model"]
