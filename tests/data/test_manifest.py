@@ -79,3 +79,17 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, line: str, message: 
 def test_missing_manifest_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="vidact prepare"):
         read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    from vidact.atomic import atomic_dir, atomic_write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_dir(tmp_path / "d") as folder:
+        (folder / "f").write_text("y")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
