@@ -205,7 +205,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_line(
 ) -> None:
     source = _numbered_source(tmp_path / "src", [5, 5])
 
-    def full(*args: object) -> tuple[int, int]:
+    def full(*args: object, **kwargs: object) -> tuple[int, int]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(extract, "_write_frames", full)
@@ -222,11 +222,13 @@ def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
     real = extract._write_frames
     calls = []
 
-    def interrupted_third(frames: object, folder: Path, options: PrepareOptions) -> object:
+    def interrupted_third(
+        frames: object, folder: Path, options: PrepareOptions, flow: object = None
+    ) -> object:
         calls.append(folder)
         if len(calls) == 3:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third video
-        return real(frames, folder, options)  # type: ignore[arg-type]
+        return real(frames, folder, options, flow=flow)  # type: ignore[arg-type]
 
     monkeypatch.setattr(extract, "_write_frames", interrupted_third)
     with pytest.raises(KeyboardInterrupt):
@@ -246,13 +248,13 @@ from vidact.data import extract
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
 real = extract._write_frames
-def slow(frames, folder, options):
+def slow(frames, folder, options, flow=None):
     count = 0
     for frame in frames:  # write frame by frame, slowly, so that a kill lands mid-video
         count += 1
         (folder / f"img_{count:05d}.jpg").write_bytes(b"partial")
         time.sleep(0.05)
-    return real(type(frames)(frames.path, frames.job, frames.target_fps), folder, options)
+    return real(type(frames)(frames.path, frames.job, frames.target_fps), folder, options, flow)
 extract._write_frames = slow
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 records = [SourceRecord(f"c/v{i}", root / f"v{i}.mp4", 0, "c") for i in range(6)]

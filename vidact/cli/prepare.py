@@ -2,7 +2,8 @@
 
 One command per dataset; each forwards its options to `vidact.data.extract.prepare` and
 prints the summary. The shared options (--out, --mode, --short-side, --fps, --quality,
---workers, --shard, --classes, --no-disk-check) are declared once below.
+--workers, --shard, --classes, --no-disk-check, --flow, --flow-backend, --flow-bound) are
+declared once below.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ class Mode(str, Enum):
     none = "none"
     frames = "frames"
     videos = "videos"
+
+
+class Flow(str, Enum):
+    none = "none"
+    tvl1 = "tvl1"
+
+
+class FlowBackend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    opencv = "opencv"
+    opencv_cuda = "opencv-cuda"
 
 
 Videos = Annotated[
@@ -79,6 +92,31 @@ Classes = Annotated[
 NoDiskCheck = Annotated[
     bool,
     typer.Option("--no-disk-check", help="Start even if the estimated output exceeds free space."),
+]
+FlowOption = Annotated[
+    Flow,
+    typer.Option(
+        "--flow",
+        case_sensitive=False,
+        help="tvl1: also write TV-L1 optical flow, quantised x_/y_ JPEG pairs in "
+        "flow/<key>/ (N-1 pairs for N frames; slow on a CPU, see docs/datasets.md).",
+    ),
+]
+FlowBackendOption = Annotated[
+    FlowBackend,
+    typer.Option(
+        "--flow-backend",
+        case_sensitive=False,
+        help="auto: opencv-cuda, else torch on a GPU, else opencv on the CPU.",
+    ),
+]
+FlowBound = Annotated[
+    float,
+    typer.Option(
+        "--flow-bound",
+        help="Flow of -B..+B px maps to 0..255 (recorded in flow.json; recipes' "
+        "data.flow_bound must match).",
+    ),
 ]
 
 
@@ -149,6 +187,9 @@ def _run(
     shard: str | None,
     classes: Path | None,
     no_disk_check: bool,
+    flow: Flow,
+    flow_backend: FlowBackend,
+    flow_bound: float,
     val_fraction: float = 0.0,
     seed: int = 0,
 ) -> None:
@@ -169,6 +210,9 @@ def _run(
         check_free_space=not no_disk_check,
         val_fraction=val_fraction,
         seed=seed,
+        flow=flow.value,
+        flow_backend=flow_backend.value,
+        flow_bound=flow_bound,
     )
     for note in summary.notes:
         console.warn(note)
@@ -185,18 +229,29 @@ def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:
     disk = f"{console.human_bytes(summary.bytes_written)} written, "
     disk += f"{console.human_bytes(summary.bytes_on_disk)} in all"
     if summary.estimated_bytes:
-        disk += f" (estimate was {console.human_bytes(summary.estimated_bytes)})"
+        disk += f" (estimate was {console.human_bytes(summary.estimated_bytes)}"
+        if summary.estimated_flow_bytes:
+            disk += f", flow {console.human_bytes(summary.estimated_flow_bytes)}"
+        disk += ")"
+    time = (
+        f"{summary.seconds:.1f} s, {summary.videos_per_second:.1f} videos/s, "
+        f"{summary.frames_per_second:.0f} frames/s"
+    )
     rows += [
         ("done", f"{summary.done} now, {summary.skipped} skipped (done before)"),
         ("failed", f"{summary.failed} unreadable, {summary.missing} missing"),
         ("frames written", str(summary.frames_written)),
-        ("disk", disk),
-        (
-            "time",
-            f"{summary.seconds:.1f} s, {summary.videos_per_second:.1f} videos/s, "
-            f"{summary.frames_per_second:.0f} frames/s",
-        ),
     ]
+    if summary.flow != "none":
+        rows.append(
+            (
+                "flow pairs written",
+                f"{summary.flow_pairs_written} ({summary.flow}, {summary.flow_backend}, "
+                f"bound +-{summary.flow_bound:g} px)",
+            )
+        )
+        time += f", {summary.flow_pairs_per_second:.1f} flow pairs/s"
+    rows += [("disk", disk), ("time", time)]
     if summary.manifests:
         rows.append(("manifests", ", ".join(f"{k} {v}" for k, v in summary.manifests.items())))
     else:
@@ -224,6 +279,9 @@ def prepare_kinetics(
     shard: Shard = None,
     classes: Classes = None,
     no_disk_check: NoDiskCheck = False,
+    flow: FlowOption = Flow.none,
+    flow_backend: FlowBackendOption = FlowBackend.auto,
+    flow_bound: FlowBound = 20.0,
 ) -> None:
     """Kinetics-400/600/700 from the official CSV files.
 
@@ -242,7 +300,7 @@ def prepare_kinetics(
     """
 
     _run("kinetics", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check)  # fmt: skip
+         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
 
 
 @prepare_app.command("hmdb51")
@@ -259,6 +317,9 @@ def prepare_hmdb51(
     shard: Shard = None,
     classes: Classes = None,
     no_disk_check: NoDiskCheck = False,
+    flow: FlowOption = Flow.none,
+    flow_backend: FlowBackendOption = FlowBackend.auto,
+    flow_bound: FlowBound = 20.0,
 ) -> None:
     """HMDB51 from the official split files (testTrainMulti_7030_splits).
 
@@ -271,9 +332,11 @@ def prepare_hmdb51(
           --annotations testTrainMulti_7030_splits --out data/hmdb51
       vidact prepare hmdb51 --videos hmdb51 \\
           --annotations testTrainMulti_7030_splits --out data/h --mode videos
+      vidact prepare hmdb51 --videos hmdb51 \\
+          --annotations testTrainMulti_7030_splits --out data/hf --flow tvl1
     """
     _run("hmdb51", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check)  # fmt: skip
+         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
 
 
 @prepare_app.command("ucf101")
@@ -290,6 +353,9 @@ def prepare_ucf101(
     shard: Shard = None,
     classes: Classes = None,
     no_disk_check: NoDiskCheck = False,
+    flow: FlowOption = Flow.none,
+    flow_backend: FlowBackendOption = FlowBackend.auto,
+    flow_bound: FlowBound = 20.0,
 ) -> None:
     """UCF101 from ucfTrainTestlist (classInd.txt, trainlist0k, testlist0k).
 
@@ -301,9 +367,11 @@ def prepare_ucf101(
           --annotations ucfTrainTestlist --out data/ucf101
       vidact prepare ucf101 --videos UCF-101 \\
           --annotations ucfTrainTestlist --out data/ucf101-raw --mode none
+      vidact prepare ucf101 --videos UCF-101 \\
+          --annotations ucfTrainTestlist --out data/ucf101-flow --flow tvl1
     """
     _run("ucf101", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check)  # fmt: skip
+         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
 
 
 @prepare_app.command("sthv1")
@@ -320,6 +388,9 @@ def prepare_sthv1(
     shard: Shard = None,
     classes: Classes = None,
     no_disk_check: NoDiskCheck = False,
+    flow: FlowOption = Flow.none,
+    flow_backend: FlowBackendOption = FlowBackend.auto,
+    flow_bound: FlowBound = 20.0,
 ) -> None:
     """Something-Something V1: JPEG frame folders + ';'-separated CSV files.
 
@@ -333,7 +404,7 @@ def prepare_sthv1(
           --annotations sthv1-annotations --out data/sthv1
     """
     _run("sthv1", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check)  # fmt: skip
+         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
 
 
 @prepare_app.command("sthv2")
@@ -350,6 +421,9 @@ def prepare_sthv2(
     shard: Shard = None,
     classes: Classes = None,
     no_disk_check: NoDiskCheck = False,
+    flow: FlowOption = Flow.none,
+    flow_backend: FlowBackendOption = FlowBackend.auto,
+    flow_bound: FlowBound = 20.0,
 ) -> None:
     """Something-Something V2: <id>.webm videos + the JSON annotation files.
 
@@ -364,7 +438,7 @@ def prepare_sthv2(
           --annotations labels --out data/sthv2-raw --mode none
     """
     _run("sthv2", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check)  # fmt: skip
+         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
 
 
 @prepare_app.command("folder")
@@ -384,6 +458,9 @@ def prepare_folder(
     shard: Shard = None,
     classes: Classes = None,
     no_disk_check: NoDiskCheck = False,
+    flow: FlowOption = Flow.none,
+    flow_backend: FlowBackendOption = FlowBackend.auto,
+    flow_bound: FlowBound = 20.0,
 ) -> None:
     """A plain folder with one sub-folder of videos per class.
 
@@ -394,6 +471,9 @@ def prepare_folder(
     Examples:
       vidact prepare folder --videos my_videos --out data/mine --val-fraction 0.2
       vidact prepare folder --videos my_videos --out data/mine-raw --mode none
+      vidact prepare folder --videos my_videos --out data/mine --flow tvl1 \\
+          --flow-backend torch
     """
     _run("folder", videos, None, out, mode, short_side, fps, quality, workers, shard, classes,
-         no_disk_check, val_fraction=val_fraction, seed=seed)  # fmt: skip
+         no_disk_check, flow, flow_backend, flow_bound, val_fraction=val_fraction,
+         seed=seed)  # fmt: skip

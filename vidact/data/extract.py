@@ -11,6 +11,9 @@ source module (`vidact.data.sources.<name>`) and hands the records to
       <split>_videos.txt            --mode videos/none: mmaction2 list `<path> <label>`
       frames/<key>/img_00001.jpg    --mode frames: JPEG frames, short side resized, 1-based
       videos/<key>.mp4              --mode videos: short-side resized MPEG-4 videos
+      flow/<key>/x_00001.jpg, y_...  --flow tvl1: quantised TV-L1 flow, pair t = frame t -> t+1
+      flow.json                     --flow tvl1: the bound and encoding of the flow images
+      <split>_flow.txt              --flow tvl1: mmaction2 list `flow/<key> <pairs> <label>`
       failures.jsonl                every video that failed or is missing, with the reason
       prepare.json                  the settings; a re-run with other settings is refused
       .prepare/done-<tag>.jsonl     what is finished (key, frames, bytes), appended live
@@ -38,6 +41,16 @@ in a pool of processes over videos. Frames are resized before encoding (INTER_LI
 never upscaled) and JPEG-encoded by OpenCV. A worker never raises: every problem with a
 video becomes a line in failures.jsonl. Only a full disk stops the run.
 
+Flow (`PrepareOptions(flow="tvl1")`): the worker also converts each frame it writes (after
+the short-side resize, before JPEG or MPEG-4 coding) to grayscale and feeds it to TV-L1
+(`vidact.flow.compute_flow`, chunks of _FLOW_CHUNK pairs so memory stays bounded), and
+writes the flow quantised with `quantize_flow(flow, bound)` as x_/y_ JPEG pairs into a
+temporary `flow/<key>` renamed into place just before the frames (or video) are: frames
+and flow of a video are one atomic, resumable unit, and a video counts as finished only
+when both exist. With `--mode none` the worker decodes the whole original video (at the
+short side) for the flow alone. A torch backend runs with one intra-op thread per
+worker process, as OpenCV does: parallelism comes from the pool.
+
 Extension point: `extra_step(job, output)` runs inside the worker after a video's frames
 or video are written and before they are renamed into place, so anything it writes next
 to them (e.g. optical flow) is part of the same atomic, resumable unit. It returns the
@@ -47,6 +60,7 @@ bytes it wrote and must be a picklable top-level function.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -85,15 +99,18 @@ from vidact.data.sources.common import (
     read_class_list,
     restrict_classes,
 )
-from vidact.data.video import FRAME_TEMPLATE, decord_available, default_backend
+from vidact.data.video import FLOW_TEMPLATES, FRAME_TEMPLATE, decord_available, default_backend
 from vidact.errors import VidactError, VideoReadError
 
 MODES = ("none", "frames", "videos")
+FLOWS = ("none", "tvl1")
+FLOW_BACKENDS = ("auto", "torch", "opencv", "opencv-cuda")  # vidact.flow.backends.BACKENDS
 DATASETS = ("kinetics", "hmdb51", "ucf101", "sthv1", "sthv2", "folder")
 STATE_DIR = ".prepare"
 SETTINGS_FILE = "prepare.json"
 FAILURES_FILE = "failures.jsonl"
 LABELS_FILE = "labels.txt"
+FLOW_INFO_FILE = "flow.json"
 VIDEO_FOURCC = "mp4v"  # MPEG-4 Part 2: OpenCV's pip builds write it, decord reads it
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MISSING = "missing"
@@ -101,6 +118,9 @@ _ESTIMATE_SAMPLES = 12  # videos decoded to estimate the output size
 _DISK_MARGIN = 1.10  # the estimate is a sample; ask for 10% more than it says
 _WRITER_THREADS = 2  # per worker process: file writes overlap decoding and encoding
 _WRITES_IN_FLIGHT = 32  # encoded frames waiting to be written, per worker
+_FLOW_CHUNK = 32  # flow pairs computed per compute_flow call (bounds a worker's memory)
+_FLOW_QUALITY = 95  # JPEG quality of the flow images (OpenCV's default, as denseflow writes)
+_FLOW_ESTIMATE_PAIRS = 3  # videos of the estimate sample whose flow is actually computed
 
 Status = Literal["done", "failed", "missing", "disk_full"]
 
@@ -117,6 +137,13 @@ class PrepareOptions:
     fps: float | None = None  # resample to this frame rate (never up); None keeps every frame
     quality: int = 90  # JPEG quality of --mode frames
     backend: str | None = None  # "auto" (decord, then OpenCV), "decord", "opencv"
+    flow: str = "none"  # "tvl1": also write quantised TV-L1 flow under flow/<key>/
+    flow_backend: str = "auto"  # vidact.flow.compute_flow's backend
+    flow_bound: float = 20.0  # +-bound px maps onto [0, 255]
+
+    @property
+    def with_flow(self) -> bool:
+        return self.flow != "none"
 
     def validate(self) -> None:
         problems = []
@@ -130,17 +157,28 @@ class PrepareOptions:
             problems.append("--quality must be between 1 and 100")
         if self.mode == "none" and self.fps is not None:
             problems.append("--fps needs --mode frames or videos (--mode none copies nothing)")
+        if self.flow not in FLOWS:
+            problems.append(f"--flow must be one of {', '.join(FLOWS)}, not {self.flow!r}")
+        if self.flow_backend not in FLOW_BACKENDS:
+            problems.append(
+                f"--flow-backend must be one of {', '.join(FLOW_BACKENDS)}, "
+                f"not {self.flow_backend!r}"
+            )
+        if not (self.flow_bound > 0 and math.isfinite(self.flow_bound)):
+            problems.append("--flow-bound must be a positive number of pixels")
         if problems:
             raise VidactError("; ".join(problems))
 
     def settings(self, dataset: str) -> dict[str, Any]:
         """What a resumed run must share with the first one."""
-        if self.mode == "none":
-            return {"dataset": dataset, "mode": self.mode}
         values: dict[str, Any] = {"dataset": dataset, "mode": self.mode}
-        values |= {"short_side": self.short_side, "fps": self.fps}
+        if self.mode != "none":
+            values |= {"short_side": self.short_side, "fps": self.fps}
         if self.mode == "frames":
             values["quality"] = self.quality
+        if self.with_flow:  # the backend may differ between runs: all solve the same problem
+            values |= {"flow": self.flow, "flow_bound": self.flow_bound}
+            values.setdefault("short_side", self.short_side)  # --mode none: flow's size
         return values
 
 
@@ -160,8 +198,9 @@ class VideoResult:
     key: str
     status: Status
     num_frames: int = 0
-    bytes: int = 0
+    bytes: int = 0  # everything written for the video, flow included
     reason: str = ""
+    flow_pairs: int = 0
 
 
 ExtraStep = Callable[[VideoJob, Path], int]
@@ -174,6 +213,11 @@ def output_path(key: str, mode: str) -> str:
     if mode == "videos":
         return f"videos/{key}.mp4"
     return ""
+
+
+def flow_path(key: str) -> str:
+    """Where `key`'s TV-L1 flow folder lives, relative to OUT."""
+    return f"flow/{key}"
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -392,13 +436,74 @@ def _to_bgr(frame: np.ndarray, size: tuple[int, int], rgb: bool) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if rgb else frame
 
 
-def _write_frames(frames: _Frames, folder: Path, options: PrepareOptions) -> tuple[int, int]:
-    """Resize + JPEG-encode every frame into `folder`; (frames, bytes)."""
+def encode_flow_image(image: np.ndarray) -> np.ndarray:
+    """One quantised flow component (H, W) uint8 -> JPEG bytes (as a uint8 array)."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, _FLOW_QUALITY])
+    if not ok:
+        raise _DecodeError("OpenCV could not JPEG-encode a flow image")
+    return np.asarray(data)
+
+
+class _FlowWriter:
+    """TV-L1 flow of the frames fed to it, written into `folder` as quantised JPEG pairs
+    `x_00001.jpg`/`y_00001.jpg` (pair t: frame t -> t + 1, 1-based). Frames arrive one at
+    a time, already resized; flow is computed every _FLOW_CHUNK pairs, so a long video
+    never sits in memory whole."""
+
+    def __init__(self, folder: Path, options: PrepareOptions) -> None:
+        self.folder = folder
+        self.backend = options.flow_backend
+        self.bound = options.flow_bound
+        self.gray: list[np.ndarray] = []
+        self.pairs = 0
+        self.bytes = 0
+
+    def add(self, frame: np.ndarray, rgb: bool) -> None:
+        """One frame: (H, W, 3) RGB if `rgb` else BGR, or (H, W) gray; uint8."""
+        if frame.ndim == 3:
+            frame = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY)
+        if self.gray and frame.shape != self.gray[-1].shape:
+            raise _DecodeError(
+                f"frame {self.pairs + len(self.gray) + 1} is {frame.shape[1]}x{frame.shape[0]}, "
+                f"the ones before {self.gray[-1].shape[1]}x{self.gray[-1].shape[0]}: "
+                "flow needs frames of one size"
+            )
+        self.gray.append(frame)
+        if len(self.gray) > _FLOW_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        from vidact.flow.backends import compute_flow, quantize_flow
+
+        # workers=1: one torch thread on a CPU (the pool's processes are the parallelism).
+        flow = compute_flow(np.stack(self.gray), backend=self.backend, workers=1)
+        planes = quantize_flow(flow, self.bound)
+        for x, y in zip(*planes, strict=True):
+            self.pairs += 1
+            for template, image in zip(FLOW_TEMPLATES, (x, y), strict=True):
+                data = encode_flow_image(image)
+                data.tofile(self.folder / template.format(self.pairs))
+                self.bytes += data.size
+        del self.gray[:-1]  # the last frame starts the next chunk's first pair
+
+    def finish(self) -> tuple[int, int]:
+        """Flow of the frames still buffered; (pairs, bytes) written in all."""
+        if len(self.gray) >= 2:
+            self._flush()
+        if self.pairs == 0:
+            raise _DecodeError("a single frame: TV-L1 flow needs at least 2")
+        return self.pairs, self.bytes
+
+
+def _write_frames(
+    frames: _Frames, folder: Path, options: PrepareOptions, flow: _FlowWriter | None = None
+) -> tuple[int, int]:
+    """Resize + JPEG-encode every frame into `folder` (and feed `flow`); (frames, bytes)."""
     if isinstance(frames, _FolderFrames):
         first = cv2.imread(str(frames.images[0]), cv2.IMREAD_UNCHANGED)
         height, width = first.shape[:2] if first is not None else (0, 0)
         if first is not None and output_size(width, height, options.short_side) == (width, height):
-            return _copy_frames(frames.selected(), folder)
+            return _copy_frames(frames.selected(), folder, flow)
     params = [cv2.IMWRITE_JPEG_QUALITY, options.quality]
     template = os.path.join(folder, FRAME_TEMPLATE)
     count = total = 0
@@ -411,9 +516,12 @@ def _write_frames(frames: _Frames, folder: Path, options: PrepareOptions) -> tup
         for frame in frames:
             if size is None:
                 size = output_size(frame.shape[1], frame.shape[0], options.short_side)
-            ok, data = cv2.imencode(".jpg", _to_bgr(frame, size, frames.rgb), params)
+            bgr = _to_bgr(frame, size, frames.rgb)
+            ok, data = cv2.imencode(".jpg", bgr, params)
             if not ok:
                 raise _DecodeError(f"OpenCV could not JPEG-encode frame {count}")
+            if flow is not None:
+                flow.add(bgr, rgb=False)
             count += 1
             writes.append(writers.submit(data.tofile, template.format(count)))
             total += data.size
@@ -424,23 +532,32 @@ def _write_frames(frames: _Frames, folder: Path, options: PrepareOptions) -> tup
     return count, total
 
 
-def _copy_frames(images: list[Path], folder: Path) -> tuple[int, int]:
-    """JPEG frames that need no resizing are copied byte for byte (no second JPEG loss)."""
+def _copy_frames(
+    images: list[Path], folder: Path, flow: _FlowWriter | None = None
+) -> tuple[int, int]:
+    """JPEG frames that need no resizing are copied byte for byte (no second JPEG loss);
+    `flow` gets them decoded."""
     total = 0
     for number, image in enumerate(images, start=1):
-        if image.suffix.lower() not in (".jpg", ".jpeg"):
+        is_jpeg = image.suffix.lower() in (".jpg", ".jpeg")
+        if flow is not None or not is_jpeg:
             frame = cv2.imread(str(image), cv2.IMREAD_COLOR)
             if frame is None:
                 raise _DecodeError(f"{image.name} is not a readable image")
-            cv2.imwrite(str(folder / FRAME_TEMPLATE.format(number)), frame)
-        else:
+            if flow is not None:
+                flow.add(frame, rgb=False)
+            if not is_jpeg:
+                cv2.imwrite(str(folder / FRAME_TEMPLATE.format(number)), frame)
+        if is_jpeg:
             shutil.copyfile(image, folder / FRAME_TEMPLATE.format(number))
         total += (folder / FRAME_TEMPLATE.format(number)).stat().st_size
     return len(images), total
 
 
-def _write_video(frames: _Frames, target: Path, options: PrepareOptions) -> tuple[int, int]:
-    """Resize + re-encode into an MPEG-4 file; (decodable frames, bytes)."""
+def _write_video(
+    frames: _Frames, target: Path, options: PrepareOptions, flow: _FlowWriter | None = None
+) -> tuple[int, int]:
+    """Resize + re-encode into an MPEG-4 file (and feed `flow`); (decodable frames, bytes)."""
     writer: cv2.VideoWriter | None = None
     count = 0
     try:
@@ -457,7 +574,10 @@ def _write_video(frames: _Frames, target: Path, options: PrepareOptions) -> tupl
                     raise OSError(
                         errno.EIO, f"OpenCV cannot write {VIDEO_FOURCC} video to {target}"
                     )
-            writer.write(_to_bgr(frame, size, frames.rgb))
+            bgr = _to_bgr(frame, size, frames.rgb)
+            writer.write(bgr)
+            if flow is not None:
+                flow.add(bgr, rgb=False)
             count += 1
     finally:
         if writer is not None:
@@ -471,6 +591,20 @@ def _write_video(frames: _Frames, target: Path, options: PrepareOptions) -> tupl
     except VidactError as exc:
         raise _DecodeError(f"the re-encoded video is unreadable: {exc}") from None
     return count, target.stat().st_size
+
+
+def _feed_flow(frames: _Frames, options: PrepareOptions, flow: _FlowWriter) -> int:
+    """--mode none: resize every frame and feed it to `flow` alone; the frames decoded."""
+    count = 0
+    size: tuple[int, int] | None = None
+    for frame in frames:
+        if size is None:
+            size = output_size(frame.shape[1], frame.shape[0], options.short_side)
+        if (frame.shape[1], frame.shape[0]) != size:
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+        flow.add(frame, rgb=frames.rgb)
+        count += 1
+    return count
 
 
 # ------------------------------------------------------------------------------ worker
@@ -533,32 +667,49 @@ def extract_video(
                 return VideoResult(
                     job.key, "failed", reason="the clip segment lies outside the video"
                 )
-            return VideoResult(job.key, "done", frames, 0)
-        target = Path(out) / output_path(job.key, options.mode)
-        _remove_debris(target, options.mode)
+            if not options.with_flow:
+                return VideoResult(job.key, "done", frames, 0)
+            # The manifest indexes the whole file (start/end are recorded, not cut), so
+            # the flow covers the whole file too: flow frame t is always frame t -> t + 1.
+            job = dataclasses.replace(job, start=None, end=None)
+            target = None
+        else:
+            target = Path(out) / output_path(job.key, options.mode)
+            _remove_debris(target, options.mode)
+        flow_target = Path(out) / flow_path(job.key) if options.with_flow else None
+        if flow_target is not None:
+            _remove_debris(flow_target, "frames")
         reasons = []
         for name, make in _readers(job, options):
             try:
                 frames_source = make()
-                if options.mode == "frames":
-                    with atomic_dir(target) as tmp:
-                        count, size = _write_frames(frames_source, tmp, options)
-                        if count == 0:
-                            raise _DecodeError(
-                                "no frames decoded (or the clip lies outside the video)"
-                            )
-                        if extra_step is not None:
-                            size += extra_step(job, tmp)
-                else:
-                    with atomic_path(target) as tmp:
-                        count, size = _write_video(frames_source, tmp, options)
-                        if count == 0:
-                            raise _DecodeError(
-                                "no frames decoded (or the clip lies outside the video)"
-                            )
-                        if extra_step is not None:
-                            size += extra_step(job, tmp)
-                return VideoResult(job.key, "done", count, size)
+                with contextlib.ExitStack() as stack:
+                    # Entered in this order, renamed in the reverse one: the flow folder
+                    # lands first, and the frames (what resume checks first) last.
+                    tmp = None
+                    if target is not None and options.mode == "frames":
+                        tmp = stack.enter_context(atomic_dir(target))
+                    elif target is not None:
+                        tmp = stack.enter_context(atomic_path(target))
+                    flow = None
+                    if flow_target is not None:
+                        flow = _FlowWriter(stack.enter_context(atomic_dir(flow_target)), options)
+                    if tmp is None:
+                        assert flow is not None
+                        count, size = _feed_flow(frames_source, options, flow), 0
+                    elif options.mode == "frames":
+                        count, size = _write_frames(frames_source, tmp, options, flow=flow)
+                    else:
+                        count, size = _write_video(frames_source, tmp, options, flow=flow)
+                    if count == 0:
+                        raise _DecodeError("no frames decoded (or the clip lies outside the video)")
+                    pairs = 0
+                    if flow is not None:
+                        pairs, flow_bytes = flow.finish()
+                        size += flow_bytes
+                    if extra_step is not None and tmp is not None:
+                        size += extra_step(job, tmp)
+                return VideoResult(job.key, "done", count, size, flow_pairs=pairs)
             except _DecodeError as exc:
                 reasons.append(f"{name}: {exc}")
         return VideoResult(job.key, "failed", reason="; ".join(reasons))
@@ -654,9 +805,10 @@ def _run_jobs(
 
 @dataclass(frozen=True)
 class DiskEstimate:
-    bytes: int
+    bytes: int  # everything, flow included
     sampled: int  # videos decoded to estimate it
     free: int
+    flow_bytes: int = 0  # the TV-L1 flow images' share of `bytes`
 
 
 def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> float | None:
@@ -703,29 +855,98 @@ def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> floa
     return kept * per_frame
 
 
+def _estimate_flow_one(
+    job: VideoJob, options: PrepareOptions, measure: bool
+) -> tuple[float, float | None]:
+    """(flow pixels the video will write: pairs x width x height at the output size,
+    JPEG bytes per such pixel measured on one real pair of its frames if `measure`)."""
+    from vidact.data.video import probe, read_frames
+    from vidact.flow.backends import compute_flow, quantize_flow
+
+    load: Callable[[list[int]], np.ndarray]
+    if job.folder_fps is not None:
+        images = folder_images(Path(job.source))
+        kept = select_indices(len(images), job.folder_fps, options.fps, job.start, job.end)
+        first = cv2.imread(str(images[0]), cv2.IMREAD_COLOR) if images else None
+        if first is None:
+            return 0.0, None
+        height, width = first.shape[:2]
+
+        def load(picks: list[int]) -> np.ndarray:
+            gray = [cv2.imread(str(images[i]), cv2.IMREAD_GRAYSCALE) for i in picks]
+            if any(g is None for g in gray):
+                raise _DecodeError("an image of the frame folder is unreadable")
+            return np.stack([g for g in gray if g is not None])
+
+    else:
+        info = probe(job.source, backend=options.backend)
+        if options.mode == "none":  # the whole file (see extract_video)
+            kept = list(range(info.num_frames))
+        else:
+            kept = select_indices(info.num_frames, info.fps, options.fps, job.start, job.end)
+        width, height = info.width, info.height
+
+        def load(picks: list[int]) -> np.ndarray:
+            rgb = read_frames(job.source, picks, backend=options.backend)
+            return np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in rgb])
+
+    if len(kept) < 2:
+        return 0.0, None
+    size = output_size(width, height, options.short_side, even=options.mode == "videos")
+    pixels = float((len(kept) - 1) * size[0] * size[1])
+    if not measure:
+        return pixels, None
+    middle = len(kept) // 2
+    gray = load([kept[middle - 1], kept[middle]])
+    gray = np.stack([cv2.resize(g, size, interpolation=cv2.INTER_LINEAR) for g in gray])
+    flow = compute_flow(gray, backend=options.flow_backend, workers=1)
+    x, y = quantize_flow(flow, options.flow_bound)
+    pair_bytes = encode_flow_image(x[0]).size + encode_flow_image(y[0]).size
+    return pixels, pair_bytes / (size[0] * size[1])
+
+
 def estimate_output_bytes(
     jobs: Sequence[VideoJob], out: Path, options: PrepareOptions, samples: int = _ESTIMATE_SAMPLES
 ) -> DiskEstimate:
     """Estimate what `jobs` will write, from frame counts and the encoded size of a few
-    frames of `samples` videos spread over the list."""
+    frames of `samples` videos spread over the list. With flow, the flow of one frame pair
+    of each of the first _FLOW_ESTIMATE_PAIRS sampled videos is computed and encoded, and
+    its bytes per pixel scale every sampled video's pairs x pixels."""
     usage = shutil.disk_usage(out)
     present = [job for job in jobs if os.path.exists(job.source)]
-    if options.mode == "none" or not present:
+    if (options.mode == "none" and not options.with_flow) or not present:
         return DiskEstimate(0, 0, usage.free)
     step = max(1, len(present) // samples)
     chosen = present[::step][:samples]
     sizes = []
+    flow_pixels: list[float] = []
+    flow_rates: list[float] = []  # bytes per flow pixel, measured
     with tempfile.TemporaryDirectory(prefix="vidact-estimate-") as workdir:
         for job in chosen:
-            try:
-                value = _estimate_one(job, options, Path(workdir))
-            except Exception:  # a bad sample says nothing about the others
-                value = None
-            if value is not None:
-                sizes.append(value)
-    if not sizes:
+            if options.mode != "none":
+                try:
+                    value = _estimate_one(job, options, Path(workdir))
+                except Exception:  # a bad sample says nothing about the others
+                    value = None
+                if value is not None:
+                    sizes.append(value)
+            if options.with_flow:
+                try:
+                    measure = len(flow_rates) < _FLOW_ESTIMATE_PAIRS
+                    pixels, rate = _estimate_flow_one(job, options, measure)
+                except Exception:
+                    continue
+                flow_pixels.append(pixels)
+                if rate is not None:
+                    flow_rates.append(rate)
+    frames_bytes = float(np.mean(sizes)) * len(present) if sizes else 0.0
+    flow_bytes = 0.0
+    if flow_pixels and flow_rates:
+        flow_bytes = float(np.mean(flow_pixels)) * float(np.mean(flow_rates)) * len(present)
+    sampled = max(len(sizes), len(flow_pixels))
+    if not sampled:
         return DiskEstimate(0, 0, usage.free)
-    return DiskEstimate(int(float(np.mean(sizes)) * len(present)), len(sizes), usage.free)
+    return DiskEstimate(int(frames_bytes + flow_bytes), sampled, usage.free, int(flow_bytes))
 
 
 def check_disk(estimate: DiskEstimate, out: Path, videos: int) -> None:
@@ -805,6 +1026,11 @@ class PrepareSummary:
     missing_examples: list[str] = field(default_factory=list)
     failure_examples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    flow: str = "none"
+    flow_backend: str = ""  # the concrete backend this run used ("" without flow)
+    flow_bound: float = 20.0
+    flow_pairs_written: int = 0  # x/y JPEG pairs written by this run
+    estimated_flow_bytes: int = 0
 
     @property
     def videos_per_second(self) -> float:
@@ -813,6 +1039,10 @@ class PrepareSummary:
     @property
     def frames_per_second(self) -> float:
         return self.frames_written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def flow_pairs_per_second(self) -> float:
+        return self.flow_pairs_written / self.seconds if self.seconds > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------ pipeline
@@ -879,12 +1109,14 @@ def _write_outputs(
     for split, records in source.splits.items():
         samples = []
         lines = []
+        flow_lines: list[str] = []
         for record in records:
             entry = done.get(record.key)
             if entry is None:
                 continue
             path = _manifest_path(record, options.mode, out_real)
             keep_segment = options.mode == "none"
+            flow = flow_path(record.key) if options.with_flow else None
             samples.append(
                 Sample(
                     path=path,
@@ -893,15 +1125,21 @@ def _write_outputs(
                     num_frames=int(entry["frames"]),
                     start=record.start if keep_segment else None,
                     end=record.end if keep_segment else None,
+                    flow=flow,
                 )
             )
             if options.mode == "frames":
                 lines.append(f"{path} {int(entry['frames'])} {record.label}")
             else:
                 lines.append(f"{path} {record.label}")
+            if flow is not None:
+                pairs = int(entry.get("flow", int(entry["frames"]) - 1))
+                flow_lines.append(f"{flow} {pairs} {record.label}")
         counts[split] = write_manifest(out / f"{split}.jsonl", samples)
         list_name = f"{split}_rawframes.txt" if options.mode == "frames" else f"{split}_videos.txt"
         atomic_write_text(out / list_name, "".join(line + "\n" for line in lines))
+        if options.with_flow:
+            atomic_write_text(out / f"{split}_flow.txt", "".join(f"{x}\n" for x in flow_lines))
     failures = []
     seen = set()
     for record in source.records():
@@ -922,8 +1160,55 @@ def _write_outputs(
     return counts
 
 
-def _finished_on_disk(key: str, out: Path, mode: str) -> bool:
-    return mode == "none" or (out / output_path(key, mode)).exists()
+def _finished_on_disk(key: str, out: Path, options: PrepareOptions) -> bool:
+    if options.with_flow and not (out / flow_path(key)).is_dir():
+        return False
+    return options.mode == "none" or (out / output_path(key, options.mode)).exists()
+
+
+def _flow_info(options: PrepareOptions) -> dict[str, Any]:
+    """OUT/flow.json: what a reader needs to turn the flow images back into pixels."""
+    from vidact.flow.tvl1 import TVL1Params
+
+    return {
+        "algorithm": options.flow,
+        "bound": options.flow_bound,
+        "quantisation": "q = round((clip(f, -bound, bound) + bound) * 255 / (2 * bound)); "
+        "f = q * 2 * bound / 255 - bound (vidact.flow.dequantize_flow)",
+        "templates": list(FLOW_TEMPLATES),
+        "pairs": "pair t (1-based) is the flow from frame t to frame t + 1, x right, y down",
+        "gray": "BT.601 luma of the frames after the short-side resize, before JPEG coding",
+        "jpeg_quality": _FLOW_QUALITY,
+        "params": dataclasses.asdict(TVL1Params.opencv_cpu()),
+    }
+
+
+def read_flow_info(root: str | Path) -> dict[str, Any] | None:
+    """The flow.json of a prepared dataset folder, or None where prepare wrote no flow."""
+    path = Path(root) / FLOW_INFO_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VidactError(f"{path}: unreadable ({_short(exc)}); re-run prepare") from None
+    if not isinstance(info, dict) or not isinstance(info.get("bound"), int | float):
+        raise VidactError(f"{path}: has no numeric 'bound'; re-run prepare")
+    return info
+
+
+def check_flow_bound(root: str | Path, bound: float) -> None:
+    """Refuse to read flow quantised with another bound than `bound` (a recipe's
+    data.flow_bound): the network would see every motion scaled by the ratio."""
+    info = read_flow_info(root)
+    if info is None or math.isclose(float(info["bound"]), bound, rel_tol=1e-6):
+        return
+    prepared = float(info["bound"])
+    raise VidactError(
+        f"{Path(root) / FLOW_INFO_FILE}: the flow was quantised with a bound of +-{prepared:g} "
+        f"px but the recipe's data.flow_bound is {bound:g}; set data.flow_bound: {prepared:g} "
+        f"(--set data.flow_bound={prepared:g}) or prepare again with --flow-bound {bound:g}"
+    )
 
 
 @dataclass
@@ -933,6 +1218,7 @@ class _Tally:
     counts: Counter[str] = field(default_factory=Counter)
     frames: int = 0
     bytes: int = 0
+    flow_pairs: int = 0
     missing: list[str] = field(default_factory=list)  # file names
     failures: list[str] = field(default_factory=list)  # "key: reason"
 
@@ -964,8 +1250,11 @@ def _process(
             if result.status == "done":
                 tally.frames += result.num_frames
                 tally.bytes += result.bytes
+                tally.flow_pairs += result.flow_pairs
                 entry: dict[str, Any] = {"key": result.key, "frames": result.num_frames}
                 entry["bytes"] = result.bytes
+                if options.with_flow:
+                    entry["flow"] = result.flow_pairs
                 done_log.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 done_log.flush()  # a killed run keeps every line written so far
             else:
@@ -979,9 +1268,10 @@ def _process(
                 failed_log.flush()
             elapsed = max(time.perf_counter() - start, 1e-9)
             videos = tally.counts["done"] + tally.counts["failed"]
-            advance(
-                status=f"{videos / elapsed:.1f} videos/s, {tally.frames / elapsed:.0f} frames/s"
-            )
+            status = f"{videos / elapsed:.1f} videos/s, {tally.frames / elapsed:.0f} frames/s"
+            if options.with_flow:
+                status += f", {tally.flow_pairs / elapsed:.1f} flow pairs/s"
+            advance(status=status)
     return tally
 
 
@@ -1009,12 +1299,19 @@ def prepare_dataset(
             "place; use --mode frames (copies or resizes them to img_00001.jpg)"
         )
     check_unique_keys(source)
+    if options.with_flow:
+        from vidact.flow.backends import resolve_backend
+
+        # "auto" is settled here, once: every worker then runs the same backend.
+        options = dataclasses.replace(options, flow_backend=resolve_backend(options.flow_backend))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VidactError(f"{out}: exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, options.settings(source.name))
     write_label_map(out / LABELS_FILE, source.classes)
+    if options.with_flow:
+        atomic_write_text(out / FLOW_INFO_FILE, json.dumps(_flow_info(options), indent=2) + "\n")
 
     jobs = _jobs(source)
     if not jobs:
@@ -1031,11 +1328,13 @@ def prepare_dataset(
     todo = [
         job
         for job in selected
-        if not (job.key in done_before and _finished_on_disk(job.key, out, options.mode))
+        if not (job.key in done_before and _finished_on_disk(job.key, out, options))
     ]
     skipped = len(selected) - len(todo)
     workers = (os.cpu_count() or 1) if workers is None else workers
     description = source.name + " " + options.mode
+    if options.with_flow:
+        description += f" + {options.flow} ({options.flow_backend})"
     if shard is not None:
         description += f" {shard[0]}/{shard[1]}"
 
@@ -1044,9 +1343,13 @@ def prepare_dataset(
     try:
         estimate = estimate_output_bytes(todo, out, options)
         if estimate.bytes:
+            flow_share = ""
+            if estimate.flow_bytes:
+                flow_share = f" (flow {console.human_bytes(estimate.flow_bytes)})"
             console.info(
                 f"{len(todo)} videos to prepare ({skipped} already done); estimated output "
-                f"{console.human_bytes(estimate.bytes)}, {console.human_bytes(estimate.free)} free"
+                f"{console.human_bytes(estimate.bytes)}{flow_share}, "
+                f"{console.human_bytes(estimate.free)} free"
             )
         if check_free_space:
             check_disk(estimate, out, len(todo))
@@ -1063,9 +1366,7 @@ def prepare_dataset(
             pool.shutdown(wait=False, cancel_futures=True)
 
     done_all = {
-        key: entry
-        for key, entry in state.done().items()
-        if _finished_on_disk(key, out, options.mode)
+        key: entry for key, entry in state.done().items() if _finished_on_disk(key, out, options)
     }
     failed_all = {key: entry for key, entry in state.failed().items() if key not in done_all}
     pending = sum(1 for job in jobs if job.key not in done_all and job.key not in failed_all)
@@ -1103,6 +1404,11 @@ def prepare_dataset(
         missing_examples=sorted(tally.missing)[:5],
         failure_examples=tally.failures[:5],
         notes=notes,
+        flow=options.flow,
+        flow_backend=options.flow_backend if options.with_flow else "",
+        flow_bound=options.flow_bound,
+        flow_pairs_written=tally.flow_pairs,
+        estimated_flow_bytes=estimate.flow_bytes,
     )
 
 
@@ -1159,10 +1465,23 @@ def prepare(
     val_fraction: float = 0.0,
     seed: int = 0,
     backend: str | None = None,
+    flow: str = "none",
+    flow_backend: str = "auto",
+    flow_bound: float = 20.0,
 ) -> PrepareSummary:
-    """`vidact prepare <dataset>`: annotations + videos -> manifests, label map, outputs."""
+    """`vidact prepare <dataset>`: annotations + videos -> manifests, label map, outputs.
+
+    `flow="tvl1"` also writes TV-L1 flow (see the module docstring) with `flow_backend`
+    ("auto", "torch", "opencv", "opencv-cuda"), quantised with +-`flow_bound` px."""
     options = PrepareOptions(
-        mode=mode, short_side=short_side, fps=fps, quality=quality, backend=backend
+        mode=mode,
+        short_side=short_side,
+        fps=fps,
+        quality=quality,
+        backend=backend,
+        flow=flow,
+        flow_backend=flow_backend,
+        flow_bound=flow_bound,
     )
     options.validate()
     shard_spec = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
@@ -1181,20 +1500,26 @@ def prepare(
 
 __all__ = [
     "DATASETS",
+    "FLOWS",
+    "FLOW_BACKENDS",
+    "FLOW_INFO_FILE",
     "MODES",
     "DiskEstimate",
     "PrepareOptions",
     "PrepareSummary",
     "VideoJob",
     "VideoResult",
+    "check_flow_bound",
     "estimate_output_bytes",
     "extract_video",
+    "flow_path",
     "iter_indices",
     "load_source",
     "output_path",
     "parse_shard",
     "prepare",
     "prepare_dataset",
+    "read_flow_info",
     "select_indices",
     "select_shard",
 ]

@@ -102,6 +102,10 @@ def build_model_for(recipe: Recipe, num_classes: int) -> nn.Module:
 
 def build_datasets(recipe: Recipe, root: Path, num_classes: int) -> tuple[ClipDataset, ClipDataset]:
     data = recipe.data
+    if data.modality != "rgb":
+        from vidact.data.extract import check_flow_bound
+
+        check_flow_bound(root, data.flow_bound)  # flow.json, where `vidact prepare` wrote flow
     spec = ClipSpec(
         data.num_frames, data.sampler, data.frame_stride, data.modality, data.video_backend
     )
