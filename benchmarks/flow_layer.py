@@ -53,8 +53,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def child(variant: str, iterations: int, device_name: str, repeats: int) -> dict[str, float]:
-    """Measure one variant in this (fresh) process."""
+def child(
+    variant: str, iterations: int, device_name: str, repeats: int, what: str
+) -> dict[str, float]:
+    """Measure one variant in this (fresh) process: its peak memory or its times."""
     device = torch.device(device_name)
     torch.manual_seed(0)
     f1 = (torch.rand(SHAPE, device=device) * 255).requires_grad_()
@@ -85,7 +87,10 @@ def child(variant: str, iterations: int, device_name: str, repeats: int) -> dict
         forward().sum().backward()
 
     # peak memory of one forward + backward (also the warm-up)
-    if device.type == "cuda":
+    if what == "time":
+        step()  # warm-up only
+        peak_mib = 0.0
+    elif device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step()
@@ -96,7 +101,7 @@ def child(variant: str, iterations: int, device_name: str, repeats: int) -> dict
         base = _status_kib("VmRSS")
         step()
         peak_mib = (_status_kib("VmHWM") - base) / 1024
-    n = 1 if variant == "reference" else repeats
+    n = repeats if what == "time" else 0  # the same number of runs for every variant
     fwd, both = [], []
     for _ in range(n):
         _sync(device)
@@ -110,11 +115,9 @@ def child(variant: str, iterations: int, device_name: str, repeats: int) -> dict
         fwd.append(t1 - t0)
         both.append(t2 - t0)
         del out
-    return {
-        "forward_s": statistics.median(fwd),
-        "fwd_bwd_s": statistics.median(both),
-        "peak_mib": peak_mib,
-    }
+    if what == "memory":
+        return {"peak_mib": peak_mib}
+    return {"forward_s": statistics.median(fwd), "fwd_bwd_s": statistics.median(both)}
 
 
 def main() -> None:
@@ -123,27 +126,33 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "ITERATIONS"))
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "ITERATIONS", "WHAT"))
     args = parser.parse_args()
     if args.child:
-        result = child(args.child[0], int(args.child[1]), args.device, args.repeats)
+        result = child(args.child[0], int(args.child[1]), args.device, args.repeats, args.child[2])
         print(json.dumps(result))
         return
     print(
         f"representation flow layer, B*T={SHAPE[0]}, C'={SHAPE[1]}, {SHAPE[2]}x{SHAPE[3]}, "
         f"device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    # a fixed mmap threshold: freed tensors go back to the OS, so RSS follows live memory
-    # (glibc's dynamic threshold would keep freed blocks and inflate later peaks)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    # Memory runs use a fixed mmap threshold: freed tensors go back to the OS, so RSS
+    # follows live memory (glibc's dynamic threshold would keep freed blocks and inflate
+    # later peaks). Timing runs use the normal allocator: with that threshold every large
+    # tensor is a fresh mmap with page faults, which would time the kernel, not the layer.
+    envs = {
+        "memory": {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+        "time": dict(os.environ),
+    }
     for iterations in args.iterations:
         results: dict[str, dict[str, float]] = {}
         for variant in args.variants:
-            cmd = [sys.executable, __file__, "--child", variant, str(iterations)]
-            cmd += ["--device", args.device, "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-            results[variant] = json.loads(out.strip().splitlines()[-1])
-            r = results[variant]
+            r = results[variant] = {}
+            for what, env in envs.items():
+                cmd = [sys.executable, __file__, "--child", variant, str(iterations), what]
+                cmd += ["--device", args.device, "--repeats", str(args.repeats)]
+                run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+                r.update(json.loads(run.stdout.strip().splitlines()[-1]))
             print(
                 f"  {iterations:3d} it  {variant:12s} forward {r['forward_s'] * 1e3:9.1f} ms   "
                 f"fwd+bwd {r['fwd_bwd_s'] * 1e3:9.1f} ms   peak {r['peak_mib']:8.1f} MiB"
