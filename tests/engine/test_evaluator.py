@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from typer.testing import CliRunner
 
 import tests.engine.tiny  # noqa: F401  (registers tiny_test_net)
 from tests.conftest import write_video
+from tests.engine.gloo import act_as_torchrun_rank, free_port
 from tests.engine.test_trainer import make_recipe
 from vidact.cli import app
 from vidact.data.manifest import Sample, read_manifest, write_label_map, write_manifest
@@ -266,18 +265,8 @@ def test_user_errors(trained: Path, tmp_path: Path) -> None:
 # ----------------------------------------------------------------- 2 processes over gloo
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _eval_worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )  # fmt: skip
-    torch.set_num_threads(1)
+    act_as_torchrun_rank(rank, world, port)
     result = evaluate([Path(ckpt)], split="train", clips=2, crops="3", out=Path(out), save_every=3)
     torch.save({"scored_now": result.scored_now, "metrics": result.metrics}, f"{out}/r{rank}.pt")
     from vidact.engine import distributed
@@ -298,7 +287,7 @@ def test_two_gloo_processes_give_the_single_process_metrics(trained: Path, tmp_p
 
     single = evaluate([ckpt], split="train", clips=2, crops="3", out=tmp_path / "one")
     out = tmp_path / "two"
-    mp.spawn(_eval_worker, args=(2, _free_port(), str(ckpt), str(out)), nprocs=2)
+    mp.spawn(_eval_worker, args=(2, free_port(), str(ckpt), str(out)), nprocs=2)
     ranks = [torch.load(out / f"r{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["scored_now"] for r in ranks] == [10, 9]  # 20 videos, one bad; no padding
     assert ranks[1]["metrics"] == {}  # only rank 0 reports

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 import tests.engine.tiny  # noqa: F401  (registers tiny_test_net)
+from tests.engine.gloo import act_as_torchrun_rank, free_port
 from vidact.data.manifest import read_manifest, write_manifest
 from vidact.engine.checkpoint import load_checkpoint
 from vidact.engine.trainer import TrainingStopped, train
@@ -181,22 +180,8 @@ def test_bf16_autocast_on_cpu_trains(synthetic_root: Path, tmp_path: Path) -> No
 # ----------------------------------------------------------------- 2 processes over gloo
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    act_as_torchrun_rank(rank, world, port)
     recipe = make_recipe(Path(root), Path(out) / "runs", train__batch_size=3)
     result = train(recipe, output=Path(out) / "run")
     assert result.model is not None
@@ -210,7 +195,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 def test_two_gloo_processes_end_with_identical_weights(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(synthetic_root), str(tmp_path)), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(synthetic_root), str(tmp_path)), nprocs=2)
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

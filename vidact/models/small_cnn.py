@@ -38,7 +38,8 @@ def _stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class SmallFlowCNN(nn.Module):
-    """Per-frame small CNN; `flow=True` inserts a FlowBlock after stage 2."""
+    """Per-frame small CNN; `flow=True` inserts a FlowBlock after stage 2, `flow=False`
+    gives the same network without it (RGB appearance only)."""
 
     def __init__(
         self,
@@ -85,16 +86,5 @@ class SmallFlowCNN(nn.Module):
         return self.head(features, t)
 
 
-@register_model("repflow_smallcnn")
-def repflow_smallcnn(
-    num_classes: int,
-    flow: bool = True,
-    iterations: int = 10,
-    flow_channels: int = 16,
-    learn: str | Iterable[str] = LEARN_DEFAULT,
-    dropout: float = 0.2,
-    num_frames: int | None = None,
-) -> SmallFlowCNN:
-    """Small CPU CNN + representation-flow block after stage 2 (the quickstart model);
-    `flow=False` gives the same network without the flow block (RGB appearance only)."""
-    return SmallFlowCNN(num_classes, flow, iterations, flow_channels, learn, dropout, num_frames)
+# The class is its own factory: its keyword arguments are the recipe's model options.
+register_model("repflow_smallcnn")(SmallFlowCNN)
