@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,8 @@ def _report(result: object) -> None:
     from vidact.engine.trainer import TrainResult
 
     assert isinstance(result, TrainResult)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     metrics = result.last_metrics
     rows = [("run folder", str(result.run_dir)), ("epochs", str(result.epochs_done))]
     if "val_top1" in metrics:

@@ -287,6 +287,8 @@ def train(
     start_time = time.perf_counter()
     info = distributed.setup()
     device = distributed.device_for(info)
+    if not info.is_main:  # one voice: rank 0 logs, draws progress and writes files
+        console.configure(quiet=True)
     cfg = recipe.train
     output_path = Path(output) if output is not None else None
     resume_path = _resolve_resume(recipe, resume, output_path)
