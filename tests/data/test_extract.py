@@ -15,10 +15,11 @@ import pytest
 
 from tests.conftest import frame_index_of, numbered_frames, write_video
 from tests.data.fake_datasets import corrupt, image_count, make_folder, read_jsonl
-from vidact.data import extract, video
+from vidact.data import video
 from vidact.data.extract import (
     PrepareOptions,
     VideoJob,
+    estimate,
     iter_indices,
     output_size,
     parse_shard,
@@ -26,6 +27,7 @@ from vidact.data.extract import (
     prepare_dataset,
     select_indices,
     select_shard,
+    worker,
 )
 from vidact.data.manifest import load_manifest, read_label_map
 from vidact.data.sources.common import SourceDataset, SourceRecord
@@ -186,7 +188,7 @@ def test_disk_check_refuses_and_the_flag_overrides(
 ) -> None:
     source = _numbered_source(tmp_path / "src", [8, 8])
     usage = type("Usage", (), {"total": 10**6, "used": 10**6 - 1000, "free": 1000})
-    monkeypatch.setattr(extract.shutil, "disk_usage", lambda path: usage)
+    monkeypatch.setattr(estimate.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(
         VidactError, match=r"needs about .* but only 1000 B is free.*--no-disk-check"
     ):
@@ -208,7 +210,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_line(
     def full(*args: object, **kwargs: object) -> tuple[int, int]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(extract, "_write_frames", full)
+    monkeypatch.setattr(worker, "_write_frames", full)
     with pytest.raises(VidactError, match="disk full.*re-run the same command"):
         prepare_dataset(source, tmp_path / "out", workers=0)
 
@@ -219,7 +221,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_line(
 def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = _numbered_source(tmp_path / "src", [5, 6, 7, 8])
     out = tmp_path / "out"
-    real = extract._write_frames
+    real = worker._write_frames
     calls = []
 
     def interrupted_third(
@@ -230,10 +232,10 @@ def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third video
         return real(frames, folder, options, flow=flow)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(extract, "_write_frames", interrupted_third)
+    monkeypatch.setattr(worker, "_write_frames", interrupted_third)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(source, out, PrepareOptions(short_side=32), workers=0)
-    monkeypatch.setattr(extract, "_write_frames", real)
+    monkeypatch.setattr(worker, "_write_frames", real)
     assert sorted(p.name for p in (out / "frames/clips").iterdir()) == ["v0", "v1"]  # no debris
     assert not (out / "train.jsonl").exists()
     summary = prepare_dataset(source, out, PrepareOptions(short_side=32), workers=0)
@@ -245,9 +247,10 @@ _KILLABLE = """
 import sys, time
 from pathlib import Path
 from vidact.data import extract
+from vidact.data.extract import worker
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
-real = extract._write_frames
+real = worker._write_frames
 def slow(frames, folder, options, flow=None):
     count = 0
     for frame in frames:  # write frame by frame, slowly, so that a kill lands mid-video
@@ -255,7 +258,7 @@ def slow(frames, folder, options, flow=None):
         (folder / f"img_{count:05d}.jpg").write_bytes(b"partial")
         time.sleep(0.05)
     return real(type(frames)(frames.path, frames.job, frames.target_fps), folder, options, flow)
-extract._write_frames = slow
+worker._write_frames = slow  # where extract_video looks it up
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 records = [SourceRecord(f"c/v{i}", root / f"v{i}.mp4", 0, "c") for i in range(6)]
 extract.prepare_dataset(SourceDataset("test", ["c"], {"train": records}), out,

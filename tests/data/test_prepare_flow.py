@@ -76,7 +76,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 def test_prepare_frames_with_flow_then_resume_and_load(
     translations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("vidact.data.extract._FLOW_CHUNK", 2)  # 6-7 frames: 3-4 chunks
+    monkeypatch.setattr("vidact.data.extract.writers._FLOW_CHUNK", 2)  # 6-7 frames: 3-4 chunks
     out = tmp_path / "out"
     summary = _prepare(translations, out)
     assert (summary.done, summary.failed, summary.flow_backend) == (4, 0, "opencv")
@@ -219,7 +219,7 @@ def test_sthv1_frame_folders_copied_and_resized_get_flow(tmp_path: Path) -> None
 
 
 def test_estimate_counts_flow(translations: Path, tmp_path: Path) -> None:
-    from vidact.data.extract import _jobs
+    from vidact.data.extract.pipeline import _jobs
     from vidact.data.sources.folder import load_folder
 
     jobs = _jobs(load_folder(translations))

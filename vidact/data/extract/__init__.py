@@ -1,0 +1,127 @@
+"""The scalable prepare pipeline shared by every dataset source.
+
+`prepare(dataset, videos, annotations, out, ...)` reads a dataset's annotations through its
+source module (`vidact.data.sources.<name>`) and hands the records to
+`prepare_dataset(source, out, options, ...)`, which does the work:
+
+    OUT/
+      labels.txt                    label map, line i = class i
+      <split>.jsonl                 manifests (vidact.data.manifest.Sample per line)
+      <split>_rawframes.txt         --mode frames: mmaction2 list `frames/<key> <frames> <label>`
+      <split>_videos.txt            --mode videos/none: mmaction2 list `<path> <label>`
+      frames/<key>/img_00001.jpg    --mode frames: JPEG frames, short side resized, 1-based
+      videos/<key>.mp4              --mode videos: short-side resized MPEG-4 videos
+      flow/<key>/x_00001.jpg, y_...  --flow tvl1: quantised TV-L1 flow, pair t = frame t -> t+1
+      flow.json                     --flow tvl1: the bound and encoding of the flow images
+      <split>_flow.txt              --flow tvl1: mmaction2 list `flow/<key> <pairs> <label>`
+      failures.jsonl                every video that failed or is missing, with the reason
+      prepare.json                  the settings; a re-run with other settings is refused
+      .prepare/done-<tag>.jsonl     what is finished (key, frames, bytes), appended live
+      .prepare/failed-<tag>.jsonl   what failed in the last run of that shard
+
+Manifest paths are relative to OUT (the manifest's folder), so OUT can be moved as a
+whole. With `--mode none` nothing is copied: the manifests point at the original videos
+through a relative path from OUT (`../kinetics/train/...`); moving OUT then needs
+moving the videos alongside, or re-running prepare (it only probes).
+
+Resume: every video is written into a temporary sibling and renamed when complete
+(`vidact.atomic`), then appended to the done record. A re-run skips what the record
+lists and whose output exists, retries failures and missing videos, and removes the
+debris a killed run left for the videos it redoes.
+
+Shards: `shard=(k, n)` takes every n-th video (k = 1..n) of the sorted list of outputs,
+so n machines (or a SLURM array) writing into one shared OUT split the work exactly.
+Each shard keeps its own done/failed record (`<tag>` = `3of8`, or `all` without a
+shard). Whichever run finds every video of the dataset accounted for (done or failed,
+by any shard) writes the manifests, the lists and failures.jsonl; re-running without a
+shard afterwards is always safe and only rewrites them.
+
+Workers decode with decord (OpenCV when decord cannot read a file), one thread each,
+in a pool of processes over videos. Frames are resized before encoding (INTER_LINEAR,
+never upscaled) and JPEG-encoded by OpenCV. A worker never raises: every problem with a
+video becomes a line in failures.jsonl. Only a full disk stops the run.
+
+Flow (`PrepareOptions(flow="tvl1")`): the worker also converts each frame it writes (after
+the short-side resize, before JPEG or MPEG-4 coding) to grayscale and feeds it to TV-L1
+(`vidact.flow.compute_flow`, chunks of _FLOW_CHUNK pairs so memory stays bounded), and
+writes the flow quantised with `quantize_flow(flow, bound)` as x_/y_ JPEG pairs into a
+temporary `flow/<key>` renamed into place just before the frames (or video) are: frames
+and flow of a video are one atomic, resumable unit, and a video counts as finished only
+when both exist. With `--mode none` the worker decodes the whole original video (at the
+short side) for the flow alone. A torch backend runs with one intra-op thread per
+worker process, as OpenCV does: parallelism comes from the pool.
+
+Extension point: `extra_step(job, output)` runs inside the worker after a video's frames
+or video are written and before they are renamed into place, so anything it writes next
+to them (e.g. optical flow) is part of the same atomic, resumable unit. It returns the
+bytes it wrote and must be a picklable top-level function.
+"""
+
+from __future__ import annotations
+
+from vidact.data.extract.datasets import DATASETS, load_source, prepare
+from vidact.data.extract.estimate import DiskEstimate, check_disk, estimate_output_bytes
+from vidact.data.extract.flow_info import FLOW_INFO_FILE, check_flow_bound, read_flow_info
+from vidact.data.extract.options import (
+    FLOW_BACKENDS,
+    FLOWS,
+    MODES,
+    ExtraStep,
+    PrepareOptions,
+    Status,
+    VideoJob,
+    VideoResult,
+    flow_path,
+    iter_indices,
+    output_path,
+    output_size,
+    parse_shard,
+    select_indices,
+    select_shard,
+)
+from vidact.data.extract.outputs import FAILURES_FILE
+from vidact.data.extract.pipeline import LABELS_FILE, SETTINGS_FILE, prepare_dataset
+from vidact.data.extract.readers import IMAGE_EXTENSIONS, folder_images
+from vidact.data.extract.state import STATE_DIR
+from vidact.data.extract.summary import PrepareSummary
+from vidact.data.extract.worker import MISSING, extract_video
+from vidact.data.extract.writers import VIDEO_FOURCC, encode_flow_image
+
+__all__ = [
+    "DATASETS",
+    "FAILURES_FILE",
+    "FLOWS",
+    "FLOW_BACKENDS",
+    "FLOW_INFO_FILE",
+    "IMAGE_EXTENSIONS",
+    "LABELS_FILE",
+    "MISSING",
+    "MODES",
+    "SETTINGS_FILE",
+    "STATE_DIR",
+    "VIDEO_FOURCC",
+    "DiskEstimate",
+    "ExtraStep",
+    "PrepareOptions",
+    "PrepareSummary",
+    "Status",
+    "VideoJob",
+    "VideoResult",
+    "check_disk",
+    "check_flow_bound",
+    "encode_flow_image",
+    "estimate_output_bytes",
+    "extract_video",
+    "flow_path",
+    "folder_images",
+    "iter_indices",
+    "load_source",
+    "output_path",
+    "output_size",
+    "parse_shard",
+    "prepare",
+    "prepare_dataset",
+    "read_flow_info",
+    "select_indices",
+    "select_shard",
+]

@@ -1,0 +1,183 @@
+"""What prepare is asked to do: the options, one video's job and result, where outputs go
+relative to OUT, shard and frame-index selection, and the output size of a resize."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from vidact.errors import VidactError
+
+MODES = ("none", "frames", "videos")
+FLOWS = ("none", "tvl1")
+FLOW_BACKENDS = ("auto", "torch", "opencv", "opencv-cuda")  # vidact.flow.backends.BACKENDS
+
+Status = Literal["done", "failed", "missing", "disk_full"]
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What to write for each video."""
+
+    mode: str = "frames"
+    short_side: int = 256  # resize so that the short side is this (never upscale); 0 keeps
+    fps: float | None = None  # resample to this frame rate (never up); None keeps every frame
+    quality: int = 90  # JPEG quality of --mode frames
+    backend: str | None = None  # "auto" (decord, then OpenCV), "decord", "opencv"
+    flow: str = "none"  # "tvl1": also write quantised TV-L1 flow under flow/<key>/
+    flow_backend: str = "auto"  # vidact.flow.compute_flow's backend
+    flow_bound: float = 20.0  # +-bound px maps onto [0, 255]
+
+    @property
+    def with_flow(self) -> bool:
+        return self.flow != "none"
+
+    def validate(self) -> None:
+        problems = []
+        if self.mode not in MODES:
+            problems.append(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.short_side < 0:
+            problems.append("--short-side must be 0 (keep the size) or a number of pixels")
+        if self.fps is not None and self.fps <= 0:
+            problems.append("--fps must be positive")
+        if not 1 <= self.quality <= 100:
+            problems.append("--quality must be between 1 and 100")
+        if self.mode == "none" and self.fps is not None:
+            problems.append("--fps needs --mode frames or videos (--mode none copies nothing)")
+        if self.flow not in FLOWS:
+            problems.append(f"--flow must be one of {', '.join(FLOWS)}, not {self.flow!r}")
+        if self.flow_backend not in FLOW_BACKENDS:
+            problems.append(
+                f"--flow-backend must be one of {', '.join(FLOW_BACKENDS)}, "
+                f"not {self.flow_backend!r}"
+            )
+        if not (self.flow_bound > 0 and math.isfinite(self.flow_bound)):
+            problems.append("--flow-bound must be a positive number of pixels")
+        if problems:
+            raise VidactError("; ".join(problems))
+
+    def settings(self, dataset: str) -> dict[str, Any]:
+        """What a resumed run must share with the first one."""
+        values: dict[str, Any] = {"dataset": dataset, "mode": self.mode}
+        if self.mode != "none":
+            values |= {"short_side": self.short_side, "fps": self.fps}
+        if self.mode == "frames":
+            values["quality"] = self.quality
+        if self.with_flow:  # the backend may differ between runs: all solve the same problem
+            values |= {"flow": self.flow, "flow_bound": self.flow_bound}
+            values.setdefault("short_side", self.short_side)  # --mode none: flow's size
+        return values
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One output to produce: what the worker needs, and nothing else."""
+
+    key: str
+    source: str
+    start: float | None = None
+    end: float | None = None
+    folder_fps: float | None = None  # the source is a JPEG frame folder at this rate
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    key: str
+    status: Status
+    num_frames: int = 0
+    bytes: int = 0  # everything written for the video, flow included
+    reason: str = ""
+    flow_pairs: int = 0
+
+
+ExtraStep = Callable[[VideoJob, Path], int]
+
+
+def output_path(key: str, mode: str) -> str:
+    """Where `key`'s output lives, relative to OUT ("" for --mode none)."""
+    if mode == "frames":
+        return f"frames/{key}"
+    if mode == "videos":
+        return f"videos/{key}.mp4"
+    return ""
+
+
+def flow_path(key: str) -> str:
+    """Where `key`'s TV-L1 flow folder lives, relative to OUT."""
+    return f"flow/{key}"
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """ "K/N" -> (K, N), 1 <= K <= N."""
+    if text is None or not text.strip():
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise VidactError(f"--shard must look like K/N (e.g. 3/8), not {text!r}")
+    k, n = int(match[1]), int(match[2])
+    if n < 1 or not 1 <= k <= n:
+        raise VidactError(
+            f"--shard {text}: K counts from 1 to N; with a SLURM array --array=0-{max(n - 1, 0)} "
+            "use $((SLURM_ARRAY_TASK_ID + 1))"
+        )
+    return k, n
+
+
+def select_shard(items: Sequence[Any], shard: tuple[int, int] | None) -> list[Any]:
+    """Every n-th item starting at item k-1: n shards partition `items` exactly."""
+    if shard is None:
+        return list(items)
+    k, n = shard
+    return list(items[k - 1 :: n])
+
+
+def iter_indices(
+    num_frames: int,
+    source_fps: float,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> Iterator[int]:
+    """Which source frames to keep, lazily: the [start, end) segment resampled to `fps`."""
+    first, stop = 0, num_frames
+    if source_fps > 0:
+        if start is not None:
+            first = min(num_frames, max(0, math.floor(start * source_fps + 1e-6)))
+        if end is not None:
+            stop = min(num_frames, max(first, math.ceil(end * source_fps - 1e-6)))
+    if fps is None or source_fps <= 0 or fps >= source_fps:
+        yield from range(first, stop)
+        return
+    step = source_fps / fps
+    k = 0
+    while (index := first + math.floor(k * step + 1e-6)) < stop:
+        yield index
+        k += 1
+
+
+def select_indices(
+    num_frames: int,
+    source_fps: float,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> list[int]:
+    """`iter_indices` as a list."""
+    return list(iter_indices(num_frames, source_fps, fps, start, end))
+
+
+def output_size(width: int, height: int, short_side: int, even: bool = False) -> tuple[int, int]:
+    """(width, height) with the short side at `short_side` (0 or smaller: unchanged)."""
+    if short_side > 0 and min(width, height) > short_side:
+        scale = short_side / min(width, height)
+        if width <= height:
+            width, height = short_side, max(1, round(height * scale))
+        else:
+            width, height = max(1, round(width * scale)), short_side
+    if even:
+        width, height = max(2, width - width % 2), max(2, height - height % 2)
+    return width, height
