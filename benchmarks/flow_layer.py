@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from tests.models.reference_flow import reference_flow  # noqa: E402
+from tests.models.reference_flow import reference_flow_of  # noqa: E402
 from vidact.models.rep_flow import RepresentationFlow  # noqa: E402
 
 SHAPE = (16, 32, 28, 28)  # B*T, C', H, W
@@ -69,18 +69,7 @@ def child(
 
     def forward() -> torch.Tensor:
         if variant == "reference":
-            return reference_flow(
-                f1,
-                f2,
-                iterations=iterations,
-                sobel_x=layer.sobel_x,
-                sobel_y=layer.sobel_y,
-                div_x=layer.div_x,
-                div_y=layer.div_y,
-                tau=layer.tau,
-                lam=layer.lam,
-                theta=layer.theta,
-            )
+            return reference_flow_of(layer, f1, f2)
         return layer(f1, f2)
 
     def step() -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vidact.models.rep_flow import RepresentationFlow
+
 
 def true_conv3x3(img: Tensor, kernel: Tensor) -> Tensor:
     """(K * F)(i, j) = sum_ab K[a, b] F(i + 1 - a, j + 1 - b), F replicated past the border."""
@@ -109,3 +111,21 @@ def reference_flow(
             p22 = (p22 + step * uy_y) / (1 + step * norm_y)
         flows += [ux, uy]
     return torch.stack(flows, dim=1)
+
+
+def reference_flow_of(layer: RepresentationFlow, f1: Tensor, f2: Tensor) -> Tensor:
+    """``reference_flow`` with every setting and parameter taken from ``layer`` (its
+    iterations, Sobel/divergence kernels, tau, lambda, theta and Sobel normalisation)."""
+    return reference_flow(
+        f1,
+        f2,
+        iterations=layer.iterations,
+        sobel_x=layer.sobel_x,
+        sobel_y=layer.sobel_y,
+        div_x=layer.div_x,
+        div_y=layer.div_y,
+        tau=layer.tau,
+        lam=layer.lam,
+        theta=layer.theta,
+        sobel_scale=1 / 8 if layer.normalize_sobel else 1.0,
+    )

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.models.reference_flow import reference_flow
+from tests.models.reference_flow import reference_flow_of
 from vidact.models import build_model
 from vidact.models.rep_flow import (
     LAMBDA,
@@ -27,22 +27,6 @@ def _pair(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tenso
     f1[:, :, :5, :5] = 100.0
     f1[0, 0, 1, 1] = 90.0  # ... with rho != 0 at one flat pixel
     return f1, f2
-
-
-def _reference(layer: RepresentationFlow, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
-    return reference_flow(
-        f1,
-        f2,
-        iterations=layer.iterations,
-        sobel_x=layer.sobel_x,
-        sobel_y=layer.sobel_y,
-        div_x=layer.div_x,
-        div_y=layer.div_y,
-        tau=layer.tau,
-        lam=layer.lam,
-        theta=layer.theta,
-        sobel_scale=1 / 8 if layer.normalize_sobel else 1.0,
-    )
 
 
 def test_inputs_hit_all_three_cases_of_eq3() -> None:
@@ -72,7 +56,7 @@ def test_fast_layer_matches_literal_algorithm(
         for p in layer.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     out = layer(f1, f2)
-    ref = _reference(layer, f1, f2)
+    ref = reference_flow_of(layer, f1, f2)
     assert out.shape == (2, 6, 12, 12)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-6)
     weights = torch.randn_like(out)
@@ -86,13 +70,13 @@ def test_fast_layer_matches_literal_algorithm(
 
 
 @pytest.mark.parametrize("learn", ["all", "default"])
-def test_float32_backward_paths_agree_with_reference(learn: str) -> None:
+def test_float32_backward_paths_agree_withreference_flow_of(learn: str) -> None:
     """float32: the hand-written backward (printed Sobel), checkpointed autograd and plain
     autograd all match the literal reference within 1e-4 (relative to the norm)."""
     f1, f2 = (t.float().requires_grad_() for t in _pair())
     kwargs = {"learn": learn} if learn != "default" else {}
     layer = RepresentationFlow(iterations=5, **kwargs)  # type: ignore[arg-type]
-    ref = _reference(layer, f1, f2)
+    ref = reference_flow_of(layer, f1, f2)
     g_ref = torch.autograd.grad(ref.square().sum(), [f1, *layer.parameters()])
     for custom, checkpoint in ((True, True), (False, True), (False, False)):
         layer.custom_backward, layer.checkpoint = custom, checkpoint
