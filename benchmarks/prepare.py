@@ -9,8 +9,9 @@ Three measurements on the same generated videos and the same number of processes
   bare work   decode, resize (short side) and JPEG-encode every frame in a tight loop,
               nothing written, in an already started process pool;
   pipeline    `vidact.data.extract.prepare_dataset(..., mode="frames")` from the call to
-              its return: pool start-up, size estimate, atomic frame folders, done
-              records, manifests and rawframe lists included;
+              its return: pool start-up (a cold fork server every repeat), size
+              estimate, atomic frame folders, done records, manifests and rawframe
+              lists included;
   steady      the same run's processing phase only (its summary's `seconds`: first
               video submitted to last result), the part that grows with the dataset.
 Runs are interleaved (raw, bare, pipeline, raw, ...) so that load from other processes
@@ -19,7 +20,12 @@ quote, the ratios of the best runs are printed beside them. The target is pipeli
 of the bare work. On a machine shared with other jobs wall-clock ratios swing widely, so
 the CPU seconds each variant spends per frame (in every process it uses) are printed too:
 their ratio is what the throughput ratio would be on an otherwise idle machine, if the
-file writes (done by threads, overlapped with encoding) do not wait on the disk.
+file writes do not wait on the disk.
+
+The pipeline's outputs are kept until the benchmark ends (about 230 MB per repeat with
+the defaults). On ext4 without a journal, creating files within minutes of deleting many
+others is several times slower (see docs/datasets.md, "Throughput"): run `sync` and wait
+a minute after deleting a previous benchmark's output, or point --workdir elsewhere.
 """
 
 from __future__ import annotations
@@ -177,13 +183,16 @@ def main() -> None:
                 source, out, options, workers=args.workers, check_free_space=False
             )
             times["pipeline"].append(time.perf_counter() - start)
-            # its pool is shut down and reaped, so its workers count as finished children
+            _stop_fork_server()  # so its CPU and its workers' count as finished children
             spent = time.process_time() - own + _children_cpu() - children
             cpu["pipeline"].append(spent)
             times["steady"].append(summary.seconds)
             assert summary.frames_written == total_frames and summary.failed == 0
             written = summary.bytes_written
-            shutil.rmtree(out)
+            # Outputs stay until the end. Deleting them here would slow the next run's
+            # file creation: on ext4 without a journal (this VM's disk) a new inode skips
+            # every inode deleted in the last minutes (ext4 recently_deleted()); perf showed
+            # it taking more kernel time than the JPEG writes themselves.
 
     print(f"  {'':11s} {'videos/s':>9s} {'frames/s':>9s}   (median of {args.repeats}; best)")
     for name, values in times.items():
@@ -217,6 +226,18 @@ def main() -> None:
     )
     print(f"  JPEG output {written / total_frames / 1024:.1f} KB per frame")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _stop_fork_server() -> None:
+    """Stop the fork server the pipeline's pool started (vidact uses forkserver where
+    the platform has it). Every repeat then starts its workers cold, as a fresh `vidact
+    prepare` does, and the server, which reaped the workers, is reaped by us, so all
+    their CPU shows in RUSAGE_CHILDREN. `_stop` is CPython's own (used by its tests)."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def _init_probe(_: int) -> int:

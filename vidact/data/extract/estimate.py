@@ -34,7 +34,7 @@ class DiskEstimate:
 
 def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> float | None:
     """Estimated output bytes of one video: its kept frames x the encoded size of a few."""
-    from vidact.data.video import probe, read_frames
+    from vidact.data.video import probe_and_read
 
     if job.folder_fps is not None:
         images = folder_images(Path(job.source))
@@ -52,15 +52,15 @@ def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> floa
             return kept * float(np.mean([p.stat().st_size for p in images[:8]]))
         frames = np.stack([cv2.cvtColor(first, cv2.COLOR_BGR2RGB)])
     else:
-        info = probe(job.source, backend=options.backend)
+
+        def picks(num_frames: int) -> list[int]:
+            if options.mode == "frames":  # two frames, at 1/3 and 2/3 of the video
+                return [num_frames * (i + 1) // 3 for i in range(2)]
+            return list(range(min(16, num_frames)))  # a video's first GOP or so
+
+        info, frames = probe_and_read(job.source, picks, backend=options.backend)
         kept = len(select_indices(info.num_frames, info.fps, options.fps, job.start, job.end))
-        count = 2 if options.mode == "frames" else min(16, info.num_frames)
-        if options.mode == "frames":
-            picks = [info.num_frames * (i + 1) // (count + 1) for i in range(count)]
-        else:
-            picks = list(range(count))
-        frames = read_frames(job.source, picks, backend=options.backend)
-        width, height = frames.shape[2], frames.shape[1]
+        width, height = info.width, info.height
     if options.mode == "frames":
         size = output_size(width, height, options.short_side)
         params = [cv2.IMWRITE_JPEG_QUALITY, options.quality]
