@@ -32,6 +32,31 @@ def test_read_frames_returns_the_requested_indices_in_order(
     assert [frame_index_of(f) for f in frames] == indices
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probe_and_read_is_probe_plus_read_frames_in_one_open(
+    numbered_video: Path, backend: str
+) -> None:
+    info, frames = video.probe_and_read(numbered_video, lambda n: [n - 1, 17], backend=backend)
+    probed = video.probe(numbered_video, backend=backend)
+    assert (info.num_frames, info.width, info.height) == (30, 64, 48)
+    assert info.fps == pytest.approx(probed.fps)
+    assert [frame_index_of(f) for f in frames] == [29, 17]
+    with pytest.raises(VideoReadError, match="asked of a video of 30"):
+        video.probe_and_read(numbered_video, lambda n: [n], backend=backend)
+
+
+def test_probe_and_read_can_snap_to_key_frames(numbered_video: Path) -> None:
+    # OpenCV's mp4v writer puts a key frame every 12 frames: 0, 12, 24
+    _, frames = video.probe_and_read(
+        numbered_video, lambda n: [29, 17, 12, 3], backend="decord", key_frames=True
+    )
+    assert [frame_index_of(f) for f in frames] == [24, 12, 12, 0]
+    _, frames = video.probe_and_read(  # OpenCV knows no key frames: the picks as they are
+        numbered_video, lambda n: [29, 17], backend="opencv", key_frames=True
+    )
+    assert [frame_index_of(f) for f in frames] == [29, 17]
+
+
 def test_decord_and_opencv_decode_the_same_pixels(numbered_video: Path) -> None:
     a = video.read_frames(numbered_video, [2, 11, 25], backend="decord").astype(int)
     b = video.read_frames(numbered_video, [2, 11, 25], backend="opencv").astype(int)
@@ -104,6 +129,8 @@ def test_frame_folder_reads_through_the_same_interface(tmp_path: Path) -> None:
     assert (info.num_frames, info.width, info.height, info.backend) == (12, 64, 48, "frames")
     frames = video.read_frames(folder, [11, 0, 4])
     assert [frame_index_of(f) for f in frames] == [11, 0, 4]
+    info, frames = video.probe_and_read(folder, lambda n: [n - 1, 4])
+    assert info.num_frames == 12 and [frame_index_of(f) for f in frames] == [11, 4]
 
 
 def test_flow_folder_reads_x_and_y_planes(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ OpenCV path in tests or on a machine without decord).
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -104,11 +105,16 @@ def read_frames(path: str | Path, indices: Sequence[int], backend: str | None = 
 
 
 def probe_and_read(
-    path: str | Path, pick: Callable[[int], Sequence[int]], backend: str | None = None
+    path: str | Path,
+    pick: Callable[[int], Sequence[int]],
+    backend: str | None = None,
+    key_frames: bool = False,
 ) -> tuple[VideoInfo, np.ndarray]:
     """`probe` and `read_frames` of the frames `pick(num_frames)` names, opening the video
     once with decord (the disk estimate samples videos this way: half the cost of two
-    calls). The info's size is that of the decoded frames."""
+    calls). The info's size is that of the decoded frames. `key_frames`: with decord,
+    read the last key frame at or before each pick instead, which decodes one frame
+    rather than a whole group of pictures (a sample for size estimates, not for training)."""
     path = Path(path)
     _check_exists(path)
 
@@ -121,6 +127,9 @@ def probe_and_read(
         try:
             num = len(reader)
             indices = _picked(p, pick, num)
+            if key_frames:
+                keys = [int(k) for k in reader.get_key_indices()] or [0]
+                indices = [keys[max(0, bisect.bisect_right(keys, i) - 1)] for i in indices]
             unique = sorted(set(indices))
             batch = _gather(reader.get_batch(unique).asnumpy(), unique, indices)
             fps = float(reader.get_avg_fps())

@@ -54,11 +54,14 @@ def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> floa
     else:
 
         def picks(num_frames: int) -> list[int]:
-            if options.mode == "frames":  # two frames, at 1/3 and 2/3 of the video
+            if options.mode == "frames":  # the key frames at or before 1/3 and 2/3
                 return [num_frames * (i + 1) // 3 for i in range(2)]
             return list(range(min(16, num_frames)))  # a video's first GOP or so
 
-        info, frames = probe_and_read(job.source, picks, backend=options.backend)
+        frames_mode = options.mode == "frames"
+        info, frames = probe_and_read(
+            job.source, picks, backend=options.backend, key_frames=frames_mode
+        )
         kept = len(select_indices(info.num_frames, info.fps, options.fps, job.start, job.end))
         width, height = info.width, info.height
     if options.mode == "frames":

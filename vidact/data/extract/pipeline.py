@@ -27,9 +27,9 @@ from vidact.data.extract.options import (
     select_shard,
 )
 from vidact.data.extract.outputs import FAILURES_FILE, _write_outputs
+from vidact.data.extract.pool import _run_jobs, _start_pool
 from vidact.data.extract.state import _State
 from vidact.data.extract.summary import PrepareSummary
-from vidact.data.extract.worker import _run_jobs, _start_pool
 from vidact.data.manifest import write_label_map
 from vidact.data.sources.common import SourceDataset, SourceRecord, check_unique_keys, first_few
 from vidact.errors import VidactError
