@@ -4,26 +4,30 @@
     python benchmarks/prepare.py --workers 1 --videos 4
     python benchmarks/prepare.py --keep /tmp/bench-videos   # reuse the generated clips
 
-Three measurements on the same generated videos and the same number of processes:
+Four measurements on the same generated videos and the same number of processes:
   raw decord  decode every frame to a numpy array (decord, one thread per process);
   bare work   decode, resize (short side) and JPEG-encode every frame in a tight loop,
-              nothing written, in an already started process pool;
+              nothing written, in an already started process pool (the issue's
+              yardstick: the target is pipeline >= 85% of it);
+  bare + files  the same loop, also writing every frame to its own file (open, write,
+              close): what any frames extractor must at least do, so pipeline / this
+              is the pipeline's own overhead;
   pipeline    `vidact.data.extract.prepare_dataset(..., mode="frames")` from the call to
               its return: pool start-up (a cold fork server every repeat), size
               estimate, atomic frame folders, done records, manifests and rawframe
               lists included;
   steady      the same run's processing phase only (its summary's `seconds`: first
               video submitted to last result), the part that grows with the dataset.
-Runs are interleaved (raw, bare, pipeline, raw, ...) so that load from other processes
-on a shared machine hits all three alike; the ratios of the medians are the figures to
-quote, the ratios of the best runs are printed beside them. The target is pipeline >= 85%
-of the bare work. On a machine shared with other jobs wall-clock ratios swing widely, so
-the CPU seconds each variant spends per frame (in every process it uses) are printed too:
-their ratio is what the throughput ratio would be on an otherwise idle machine, if the
-file writes do not wait on the disk.
+Runs are interleaved (raw, bare, bare + files, pipeline, raw, ...) so that load from
+other processes on a shared machine hits all of them alike; the ratios of the medians are
+the figures to quote, the ratios of the best runs are printed beside them. On a machine
+shared with other jobs wall-clock ratios swing widely, so the CPU seconds each variant
+spends per frame (in every process it uses) are printed too: their ratio is what the
+throughput ratio would be on an otherwise idle machine, if the file writes do not wait
+on the disk.
 
-The pipeline's outputs are kept until the benchmark ends (about 230 MB per repeat with
-the defaults). On ext4 without a journal, creating files within minutes of deleting many
+The files written are kept until the benchmark ends (about 460 MB per repeat with the
+defaults). On ext4 without a journal, creating files within minutes of deleting many
 others is several times slower (see docs/datasets.md, "Throughput"): run `sync` and wait
 a minute after deleting a previous benchmark's output, or point --workdir elsewhere.
 """
@@ -90,8 +94,11 @@ def raw_decode(path: str) -> tuple[int, float]:
     return count, time.process_time() - cpu
 
 
-def bare_work(path: str, short_side: int, quality: int) -> tuple[int, float]:
-    """(frames, CPU seconds) of decoding, resizing and JPEG-encoding every frame."""
+def bare_work(
+    path: str, short_side: int, quality: int, folder: str | None = None
+) -> tuple[int, float]:
+    """(frames, CPU seconds) of decoding, resizing and JPEG-encoding every frame, and
+    with `folder`, writing each to its own file there (open, write, close)."""
     import decord
 
     cpu = time.process_time()
@@ -99,17 +106,23 @@ def bare_work(path: str, short_side: int, quality: int) -> tuple[int, float]:
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     size = None
     count = 0
+    if folder is not None:
+        os.makedirs(folder)
     for _ in range(len(reader)):
         frame = reader.next().asnumpy()
         if size is None:
             size = output_size(frame.shape[1], frame.shape[0], short_side)
         small = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
-        cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), params)
+        _, data = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), params)
         count += 1
+        if folder is not None:
+            fd = os.open(f"{folder}/img_{count:05d}.jpg", os.O_WRONLY | os.O_CREAT, 0o666)
+            os.write(fd, data.data)
+            os.close(fd)
     return count, time.process_time() - cpu
 
 
-def _bare(args: tuple[str, int, int]) -> tuple[int, float]:
+def _bare(args: tuple[str, int, int, str | None]) -> tuple[int, float]:
     return bare_work(*args)
 
 
@@ -155,9 +168,9 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     )
 
-    times: dict[str, list[float]] = {"raw decord": [], "bare work": [], "pipeline": []}
-    times["steady"] = []
-    cpu: dict[str, list[float]] = {"raw decord": [], "bare work": [], "pipeline": []}
+    yardsticks = ["raw decord", "bare work", "bare + files"]
+    times: dict[str, list[float]] = {name: [] for name in [*yardsticks, "pipeline", "steady"]}
+    cpu: dict[str, list[float]] = {name: [] for name in [*yardsticks, "pipeline"]}
     written = 0
     spawn = multiprocessing.get_context("spawn")  # forking after OpenCV's threads ran deadlocks
     with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init) as pool:
@@ -169,12 +182,17 @@ def main() -> None:
             assert sum(n for n, _ in results) == total_frames
             cpu["raw decord"].append(sum(c for _, c in results))
 
-            start = time.perf_counter()
-            jobs = [(str(p), args.short_side, args.quality) for p in clips]
-            results = list(pool.map(_bare, jobs))
-            times["bare work"].append(time.perf_counter() - start)
-            assert sum(n for n, _ in results) == total_frames
-            cpu["bare work"].append(sum(c for _, c in results))
+            for name in ("bare work", "bare + files"):
+                files = work / f"bare{repeat}" if name == "bare + files" else None
+                jobs = [
+                    (str(p), args.short_side, args.quality, f"{files}/{i}" if files else None)
+                    for i, p in enumerate(clips)
+                ]
+                start = time.perf_counter()
+                results = list(pool.map(_bare, jobs))
+                times[name].append(time.perf_counter() - start)
+                assert sum(n for n, _ in results) == total_frames
+                cpu[name].append(sum(c for _, c in results))
 
             out = work / f"out{repeat}"
             own, children = time.process_time(), _children_cpu()
@@ -194,36 +212,35 @@ def main() -> None:
             # every inode deleted in the last minutes (ext4 recently_deleted()); perf showed
             # it taking more kernel time than the JPEG writes themselves.
 
-    print(f"  {'':11s} {'videos/s':>9s} {'frames/s':>9s}   (median of {args.repeats}; best)")
-    for name, values in times.items():
-        med, best = statistics.median(values), min(values)
-        print(
-            f"  {name:11s} {args.videos / med:9.2f} {total_frames / med:9.0f}   "
-            f"best {total_frames / best:6.0f} frames/s"
-        )
     med = {name: statistics.median(values) for name, values in times.items()}
     best = {name: min(values) for name, values in times.items()}
-    print(
-        f"  pipeline / bare work   {med['bare work'] / med['pipeline']:6.1%} "
-        f"(best runs {best['bare work'] / best['pipeline']:.1%}; target >= 85%)"
-    )
-    print(
-        f"  steady / bare work     {med['bare work'] / med['steady']:6.1%} "
-        f"(best runs {best['bare work'] / best['steady']:.1%})"
-    )
-    print(
-        f"  pipeline / raw decord  {med['raw decord'] / med['pipeline']:6.1%} "
-        f"(best runs {best['raw decord'] / best['pipeline']:.1%})"
-    )
+    print(f"  {'':12s} {'videos/s':>9s} {'frames/s':>9s}   (median of {args.repeats}; best)")
+    for name in times:
+        print(
+            f"  {name:12s} {args.videos / med[name]:9.2f} {total_frames / med[name]:9.0f}   "
+            f"best {total_frames / best[name]:6.0f} frames/s"
+        )
+    for run, yardstick, note in [
+        ("pipeline", "bare work", "; target >= 85%"),
+        ("steady", "bare work", ""),
+        ("pipeline", "bare + files", ""),
+        ("pipeline", "raw decord", ""),
+    ]:
+        print(
+            f"  {run} / {yardstick:13s} {med[yardstick] / med[run]:6.1%} "
+            f"(best runs {best[yardstick] / best[run]:.1%}{note})"
+        )
     per_frame = {name: statistics.median(v) / total_frames * 1e3 for name, v in cpu.items()}
     print(
         "  CPU per frame (all processes; immune to other jobs' load): "
         + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_frame.items())
     )
-    print(
-        f"  CPU cost bare work / pipeline  {per_frame['bare work'] / per_frame['pipeline']:6.1%} "
-        "(the pipeline's own CPU includes process start-up and the size estimate)"
-    )
+    for yardstick in ("bare work", "bare + files"):
+        print(
+            f"  CPU cost {yardstick} / pipeline  "
+            f"{per_frame[yardstick] / per_frame['pipeline']:6.1%}"
+        )
+    print("  (the pipeline's CPU includes its process start-up and the size estimate)")
     print(f"  JPEG output {written / total_frames / 1024:.1f} KB per frame")
     shutil.rmtree(work, ignore_errors=True)
 
