@@ -8,6 +8,7 @@ declared once below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -75,7 +76,11 @@ Fps = Annotated[
 Quality = Annotated[int, typer.Option("--quality", help="JPEG quality of --mode frames (1-100).")]
 Workers = Annotated[
     int | None,
-    typer.Option("--workers", help="Processes (default: one per core; 0 = in this process)."),
+    typer.Option(
+        "--workers",
+        help="Processes (default: one per core; 0 = in this process). On NFS or Lustre, "
+        "try twice the cores: a worker waits while its writes do.",
+    ),
 ]
 Shard = Annotated[
     str | None,
@@ -265,25 +270,9 @@ def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:
     return rows
 
 
-@prepare_app.command("kinetics")
-@user_errors
-def prepare_kinetics(
-    videos: Videos,
-    annotations: Annotations,
-    out: Out,
-    mode: ModeOption = Mode.frames,
-    short_side: ShortSide = 256,
-    fps: Fps = None,
-    quality: Quality = 90,
-    workers: Workers = None,
-    shard: Shard = None,
-    classes: Classes = None,
-    no_disk_check: NoDiskCheck = False,
-    flow: FlowOption = Flow.none,
-    flow_backend: FlowBackendOption = FlowBackend.auto,
-    flow_bound: FlowBound = 20.0,
-) -> None:
-    """Kinetics-400/600/700 from the official CSV files.
+# The five official layouts take the same options; only their help differs.
+_OFFICIAL_HELP = {
+    "kinetics": """Kinetics-400/600/700 from the official CSV files.
 
     CSV columns: label, youtube_id, time_start, time_end, split. Clips are found
     by name anywhere under --videos (with or without class folders):
@@ -297,31 +286,8 @@ def prepare_kinetics(
           --out data/mini200 --classes mini_kinetics_200.txt
       vidact prepare kinetics --videos k400 --annotations k400/csv \\
           --out data/k400 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
-    """
-
-    _run("kinetics", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
-
-
-@prepare_app.command("hmdb51")
-@user_errors
-def prepare_hmdb51(
-    videos: Videos,
-    annotations: Annotations,
-    out: Out,
-    mode: ModeOption = Mode.frames,
-    short_side: ShortSide = 256,
-    fps: Fps = None,
-    quality: Quality = 90,
-    workers: Workers = None,
-    shard: Shard = None,
-    classes: Classes = None,
-    no_disk_check: NoDiskCheck = False,
-    flow: FlowOption = Flow.none,
-    flow_backend: FlowBackendOption = FlowBackend.auto,
-    flow_bound: FlowBound = 20.0,
-) -> None:
-    """HMDB51 from the official split files (testTrainMulti_7030_splits).
+    """,
+    "hmdb51": """HMDB51 from the official split files (testTrainMulti_7030_splits).
 
     <class>_test_split<k>.txt: id 1 = train, 2 = test, 0 = unused. Writes
     train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each video is
@@ -334,30 +300,8 @@ def prepare_hmdb51(
           --annotations testTrainMulti_7030_splits --out data/h --mode videos
       vidact prepare hmdb51 --videos hmdb51 \\
           --annotations testTrainMulti_7030_splits --out data/hf --flow tvl1
-    """
-    _run("hmdb51", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
-
-
-@prepare_app.command("ucf101")
-@user_errors
-def prepare_ucf101(
-    videos: Videos,
-    annotations: Annotations,
-    out: Out,
-    mode: ModeOption = Mode.frames,
-    short_side: ShortSide = 256,
-    fps: Fps = None,
-    quality: Quality = 90,
-    workers: Workers = None,
-    shard: Shard = None,
-    classes: Classes = None,
-    no_disk_check: NoDiskCheck = False,
-    flow: FlowOption = Flow.none,
-    flow_backend: FlowBackendOption = FlowBackend.auto,
-    flow_bound: FlowBound = 20.0,
-) -> None:
-    """UCF101 from ucfTrainTestlist (classInd.txt, trainlist0k, testlist0k).
+    """,
+    "ucf101": """UCF101 from ucfTrainTestlist (classInd.txt, trainlist0k, testlist0k).
 
     Writes train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each
     video is extracted once. --videos is the UCF-101 folder of class folders.
@@ -369,30 +313,8 @@ def prepare_ucf101(
           --annotations ucfTrainTestlist --out data/ucf101-raw --mode none
       vidact prepare ucf101 --videos UCF-101 \\
           --annotations ucfTrainTestlist --out data/ucf101-flow --flow tvl1
-    """
-    _run("ucf101", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
-
-
-@prepare_app.command("sthv1")
-@user_errors
-def prepare_sthv1(
-    videos: Videos,
-    annotations: Annotations,
-    out: Out,
-    mode: ModeOption = Mode.frames,
-    short_side: ShortSide = 256,
-    fps: Fps = None,
-    quality: Quality = 90,
-    workers: Workers = None,
-    shard: Shard = None,
-    classes: Classes = None,
-    no_disk_check: NoDiskCheck = False,
-    flow: FlowOption = Flow.none,
-    flow_backend: FlowBackendOption = FlowBackend.auto,
-    flow_bound: FlowBound = 20.0,
-) -> None:
-    """Something-Something V1: JPEG frame folders + ';'-separated CSV files.
+    """,
+    "sthv1": """Something-Something V1: JPEG frame folders + ';'-separated CSV files.
 
     --videos is 20bn-something-something-v1 (a folder of 00001.jpg ... per
     video); --annotations holds something-something-v1-{labels,train,
@@ -402,30 +324,8 @@ def prepare_sthv1(
     Examples:
       vidact prepare sthv1 --videos 20bn-something-something-v1 \\
           --annotations sthv1-annotations --out data/sthv1
-    """
-    _run("sthv1", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
-
-
-@prepare_app.command("sthv2")
-@user_errors
-def prepare_sthv2(
-    videos: Videos,
-    annotations: Annotations,
-    out: Out,
-    mode: ModeOption = Mode.frames,
-    short_side: ShortSide = 256,
-    fps: Fps = None,
-    quality: Quality = 90,
-    workers: Workers = None,
-    shard: Shard = None,
-    classes: Classes = None,
-    no_disk_check: NoDiskCheck = False,
-    flow: FlowOption = Flow.none,
-    flow_backend: FlowBackendOption = FlowBackend.auto,
-    flow_bound: FlowBound = 20.0,
-) -> None:
-    """Something-Something V2: <id>.webm videos + the JSON annotation files.
+    """,
+    "sthv2": """Something-Something V2: <id>.webm videos + the JSON annotation files.
 
     --annotations holds something-something-v2-{labels,train,validation}.json.
     A sample's class is its template with the brackets removed, as the
@@ -436,9 +336,37 @@ def prepare_sthv2(
           --annotations labels --out data/sthv2
       vidact prepare sthv2 --videos 20bn-something-something-v2 \\
           --annotations labels --out data/sthv2-raw --mode none
-    """
-    _run("sthv2", videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-         classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
+    """,
+}
+
+
+def _official_dataset_command(dataset: str) -> Callable[..., None]:
+    def command(
+        videos: Videos,
+        annotations: Annotations,
+        out: Out,
+        mode: ModeOption = Mode.frames,
+        short_side: ShortSide = 256,
+        fps: Fps = None,
+        quality: Quality = 90,
+        workers: Workers = None,
+        shard: Shard = None,
+        classes: Classes = None,
+        no_disk_check: NoDiskCheck = False,
+        flow: FlowOption = Flow.none,
+        flow_backend: FlowBackendOption = FlowBackend.auto,
+        flow_bound: FlowBound = 20.0,
+    ) -> None:
+        _run(dataset, videos, annotations, out, mode, short_side, fps, quality, workers, shard,
+             classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
+
+    command.__name__ = command.__qualname__ = f"prepare_{dataset}"
+    command.__doc__ = _OFFICIAL_HELP[dataset]
+    return command
+
+
+for _dataset in _OFFICIAL_HELP:
+    prepare_app.command(_dataset)(user_errors(_official_dataset_command(_dataset)))
 
 
 @prepare_app.command("folder")
