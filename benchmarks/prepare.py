@@ -26,7 +26,9 @@ spends per frame (in every process it uses) are printed too: their ratio is what
 throughput ratio would be on an otherwise idle machine, if the file writes do not wait
 on the disk.
 
-The files written are kept until the benchmark ends (about 460 MB per repeat with the
+Between runs the benchmark flushes the disk cache (`os.sync()`, untimed), so that no run
+is slowed by the kernel writing back the previous run's files. The files written are
+kept until the benchmark ends (about 460 MB per repeat with the
 defaults). On ext4 without a journal, creating files within minutes of deleting many
 others is several times slower (see docs/datasets.md, "Throughput"): run `sync` and wait
 a minute after deleting a previous benchmark's output, or point --workdir elsewhere.
@@ -191,6 +193,7 @@ def main() -> None:
                 start = time.perf_counter()
                 results = list(pool.map(_bare, jobs))
                 times[name].append(time.perf_counter() - start)
+                os.sync()  # untimed: no run pays for the previous run's disk writeback
                 assert sum(n for n, _ in results) == total_frames
                 cpu[name].append(sum(c for _, c in results))
 
@@ -202,6 +205,7 @@ def main() -> None:
             )
             times["pipeline"].append(time.perf_counter() - start)
             _stop_fork_server()  # so its CPU and its workers' count as finished children
+            os.sync()
             spent = time.process_time() - own + _children_cpu() - children
             cpu["pipeline"].append(spent)
             times["steady"].append(summary.seconds)
