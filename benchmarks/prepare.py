@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 
 from vidact.data.extract import PrepareOptions, output_size, prepare_dataset
+from vidact.data.extract.writers import write_bytes
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
 
@@ -117,10 +118,8 @@ def bare_work(
         small = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
         _, data = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), params)
         count += 1
-        if folder is not None:
-            fd = os.open(f"{folder}/img_{count:05d}.jpg", os.O_WRONLY | os.O_CREAT, 0o666)
-            os.write(fd, data.data)
-            os.close(fd)
+        if folder is not None:  # the pipeline's own minimal writer: open, write, close
+            write_bytes(f"{folder}/img_{count:05d}.jpg", data)
     return count, time.process_time() - cpu
 
 

@@ -130,8 +130,7 @@ def probe_and_read(
             if key_frames:
                 keys = [int(k) for k in reader.get_key_indices()] or [0]
                 indices = [keys[max(0, bisect.bisect_right(keys, i) - 1)] for i in indices]
-            unique = sorted(set(indices))
-            batch = _gather(reader.get_batch(unique).asnumpy(), unique, indices)
+            batch = _decode_batch(reader, indices)
             fps = float(reader.get_avg_fps())
         finally:
             del reader
@@ -242,11 +241,15 @@ def _read_decord(path: Path, indices: list[int]) -> np.ndarray:
         num = len(reader)
         if max(indices) >= num:
             raise VideoReadError(path, f"frame {max(indices)} requested but the video has {num}")
-        unique = sorted(set(indices))
-        batch = reader.get_batch(unique).asnumpy()
+        return _decode_batch(reader, indices)
     finally:
         del reader
-    return _gather(batch, unique, indices)
+
+
+def _decode_batch(reader: Any, indices: list[int]) -> np.ndarray:
+    """Frames `indices` of an open decord reader, each decoded once, in `indices` order."""
+    unique = sorted(set(indices))
+    return _gather(reader.get_batch(unique).asnumpy(), unique, indices)
 
 
 # OpenCV -----------------------------------------------------------------------------------

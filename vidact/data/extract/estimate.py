@@ -58,9 +58,8 @@ def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> floa
                 return [num_frames * (i + 1) // 3 for i in range(2)]
             return list(range(min(16, num_frames)))  # a video's first GOP or so
 
-        frames_mode = options.mode == "frames"
         info, frames = probe_and_read(
-            job.source, picks, backend=options.backend, key_frames=frames_mode
+            job.source, picks, backend=options.backend, key_frames=options.mode == "frames"
         )
         kept = len(select_indices(info.num_frames, info.fps, options.fps, job.start, job.end))
         width, height = info.width, info.height
