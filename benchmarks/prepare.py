@@ -4,27 +4,33 @@
     python benchmarks/prepare.py --workers 1 --videos 4
     python benchmarks/prepare.py --keep /tmp/bench-videos   # reuse the generated clips
 
-Four measurements on the same generated videos and the same number of processes:
+Five measurements on the same generated videos and the same number of processes:
   raw decord  decode every frame to a numpy array (decord, one thread per process);
   bare work   decode, resize (short side) and JPEG-encode every frame in a tight loop,
-              nothing written, in an already started process pool (the issue's
-              yardstick: the target is pipeline >= 85% of it);
-  bare + files  the same loop, also writing every frame to its own file (open, write,
+              nothing written, in an already started process pool, as anyone would
+              write it (`reader.next().asnumpy()`, glibc's default allocator): the
+              issue's yardstick, the target is pipeline >= 85% of it;
+  bare, tuned the same loop with the two per-frame savings the pipeline's workers make:
+              frames viewed through DLPack instead of copied (`readers._decord_to_numpy`)
+              and freed memory kept for reuse (`worker.keep_freed_memory`). Pipeline /
+              this is the pipeline's whole overhead, file creation included;
+  bare + files  the tuned loop, also writing every frame to its own file (open, write,
               close): what any frames extractor must at least do, so pipeline / this
-              is the pipeline's own overhead;
+              is the pipeline's own overhead beyond the files;
   pipeline    `vidact.data.extract.prepare_dataset(..., mode="frames")` from the call to
               its return: pool start-up (a cold fork server every repeat), size
               estimate, atomic frame folders, done records, manifests and rawframe
               lists included;
   steady      the same run's processing phase only (its summary's `seconds`: first
               video submitted to last result), the part that grows with the dataset.
-Runs are interleaved (raw, bare, bare + files, pipeline, raw, ...) so that load from
-other processes on a shared machine hits all of them alike; the ratios of the medians are
-the figures to quote, the ratios of the best runs are printed beside them. On a machine
-shared with other jobs wall-clock ratios swing widely, so the CPU seconds each variant
-spends per frame (in every process it uses) are printed too: their ratio is what the
-throughput ratio would be on an otherwise idle machine, if the file writes do not wait
-on the disk.
+Runs are interleaved (raw, bare, bare tuned, bare + files, pipeline, then bare, ..., raw:
+the order rotates every repeat, and the default 5 repeats put each variant once in each
+place) so that load from other processes on a shared machine, and the state of memory one
+run leaves to the next, hit all of them alike; the ratios of the medians are the figures
+to quote, the ratios of the best runs are printed beside them. On a machine shared with
+other jobs wall-clock ratios swing widely, so the CPU seconds each variant spends per
+frame (in every process it uses) are printed too: their ratio is what the throughput
+ratio would be on an otherwise idle machine, if the file writes do not wait on the disk.
 
 Between runs the benchmark flushes the disk cache (`os.sync()`, untimed), so that no run
 is slowed by the kernel writing back the previous run's files. The files written are
@@ -45,12 +51,16 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from vidact.data.extract import PrepareOptions, output_size, prepare_dataset
+from vidact.data.extract.readers import _decord_to_numpy
+from vidact.data.extract.worker import keep_freed_memory
 from vidact.data.extract.writers import write_bytes
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
@@ -80,11 +90,18 @@ def make_clip(path: Path, frames: int, width: int, height: int, seed: int) -> No
 # -------------------------------------------------------------------- yardsticks (workers)
 
 
-def _init() -> None:
+def _init(tuned: bool) -> None:
     cv2.setNumThreads(1)
+    if tuned:
+        keep_freed_memory()  # the allocator setting of the pipeline's workers
 
 
-def raw_decode(path: str) -> tuple[int, float]:
+def _frame(reader: Any, tuned: bool) -> np.ndarray:
+    # tuned: the pipeline's zero-copy view; else the copy a plain loop makes
+    return _decord_to_numpy(reader.next()) if tuned else reader.next().asnumpy()
+
+
+def raw_decode(path: str, tuned: bool = False) -> tuple[int, float]:
     """(frames, CPU seconds) of decoding every frame."""
     import decord
 
@@ -92,13 +109,13 @@ def raw_decode(path: str) -> tuple[int, float]:
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     count = 0
     for _ in range(len(reader)):
-        reader.next().asnumpy()
+        _frame(reader, tuned)
         count += 1
     return count, time.process_time() - cpu
 
 
 def bare_work(
-    path: str, short_side: int, quality: int, folder: str | None = None
+    path: str, short_side: int, quality: int, folder: str | None = None, tuned: bool = False
 ) -> tuple[int, float]:
     """(frames, CPU seconds) of decoding, resizing and JPEG-encoding every frame, and
     with `folder`, writing each to its own file there (open, write, close)."""
@@ -112,7 +129,7 @@ def bare_work(
     if folder is not None:
         os.makedirs(folder)
     for _ in range(len(reader)):
-        frame = reader.next().asnumpy()
+        frame = _frame(reader, tuned)
         if size is None:
             size = output_size(frame.shape[1], frame.shape[0], short_side)
         small = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
@@ -123,7 +140,7 @@ def bare_work(
     return count, time.process_time() - cpu
 
 
-def _bare(args: tuple[str, int, int, str | None]) -> tuple[int, float]:
+def _bare(args: tuple[str, int, int, str | None, bool]) -> tuple[int, float]:
     return bare_work(*args)
 
 
@@ -169,47 +186,65 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     )
 
-    yardsticks = ["raw decord", "bare work", "bare + files"]
+    yardsticks = ["raw decord", "bare work", "bare, tuned", "bare + files"]
     times: dict[str, list[float]] = {name: [] for name in [*yardsticks, "pipeline", "steady"]}
     cpu: dict[str, list[float]] = {name: [] for name in [*yardsticks, "pipeline"]}
     written = 0
     spawn = multiprocessing.get_context("spawn")  # forking after OpenCV's threads ran deadlocks
-    with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init) as pool:
-        list(pool.map(_init_probe, range(args.workers)))  # start every worker before timing
-        for repeat in range(args.repeats):
-            start = time.perf_counter()
-            results = list(pool.map(raw_decode, map(str, clips)))
-            times["raw decord"].append(time.perf_counter() - start)
-            assert sum(n for n, _ in results) == total_frames
-            cpu["raw decord"].append(sum(c for _, c in results))
+    with (
+        ProcessPoolExecutor(args.workers, spawn, partial(_init, False)) as plain,
+        ProcessPoolExecutor(args.workers, spawn, partial(_init, True)) as tuned,
+    ):
 
-            for name in ("bare work", "bare + files"):
+        def yardstick(name: str, repeat: int) -> None:
+            if name == "raw decord":
+                start = time.perf_counter()
+                results = list(plain.map(raw_decode, map(str, clips)))
+            else:
+                pool = plain if name == "bare work" else tuned
                 files = work / f"bare{repeat}" if name == "bare + files" else None
                 jobs = [
-                    (str(p), args.short_side, args.quality, f"{files}/{i}" if files else None)
+                    (str(p), args.short_side, args.quality, files and f"{files}/{i}", pool is tuned)
                     for i, p in enumerate(clips)
                 ]
                 start = time.perf_counter()
                 results = list(pool.map(_bare, jobs))
-                times[name].append(time.perf_counter() - start)
-                os.sync()  # untimed: no run pays for the previous run's disk writeback
-                assert sum(n for n, _ in results) == total_frames
-                cpu[name].append(sum(c for _, c in results))
+            times[name].append(time.perf_counter() - start)
+            assert sum(n for n, _ in results) == total_frames
+            cpu[name].append(sum(c for _, c in results))
 
-            out = work / f"out{repeat}"
+        def pipeline(repeat: int) -> None:
+            nonlocal written
             own, children = time.process_time(), _children_cpu()
             start = time.perf_counter()
             summary = prepare_dataset(
-                source, out, options, workers=args.workers, check_free_space=False
+                source,
+                work / f"out{repeat}",
+                options,
+                workers=args.workers,
+                check_free_space=False,
             )
             times["pipeline"].append(time.perf_counter() - start)
             _stop_fork_server()  # so its CPU and its workers' count as finished children
-            os.sync()
-            spent = time.process_time() - own + _children_cpu() - children
-            cpu["pipeline"].append(spent)
+            cpu["pipeline"].append(time.process_time() - own + _children_cpu() - children)
             times["steady"].append(summary.seconds)
             assert summary.frames_written == total_frames and summary.failed == 0
             written = summary.bytes_written
+
+        for pool in (plain, tuned):  # start every worker before timing
+            list(pool.map(_init_probe, range(args.workers)))
+        variants = [*yardsticks, "pipeline"]
+        for repeat in range(args.repeats):
+            # The order rotates every repeat: no variant always runs after the same one
+            # (here a run is cheaper right after one whose processes exited: it gets the
+            # memory they freed instead of pages the hypervisor must first provide).
+            shift = repeat % len(variants)
+            for name in variants[shift:] + variants[:shift]:
+                if name == "pipeline":
+                    pipeline(repeat)
+                else:
+                    yardstick(name, repeat)
+                os.sync()  # untimed: no run pays for the previous run's disk writeback
             # Outputs stay until the end. Deleting them here would slow the next run's
             # file creation: on ext4 without a journal (this VM's disk) a new inode skips
             # every inode deleted in the last minutes (ext4 recently_deleted()); perf showed
@@ -226,11 +261,13 @@ def main() -> None:
     for run, yardstick, note in [
         ("pipeline", "bare work", "; target >= 85%"),
         ("steady", "bare work", ""),
+        ("pipeline", "bare, tuned", ""),
         ("pipeline", "bare + files", ""),
+        ("bare + files", "bare, tuned", ""),
         ("pipeline", "raw decord", ""),
     ]:
         print(
-            f"  {run} / {yardstick:13s} {med[yardstick] / med[run]:6.1%} "
+            f"  {run:12s} / {yardstick:12s} {med[yardstick] / med[run]:6.1%} "
             f"(best runs {best[yardstick] / best[run]:.1%}{note})"
         )
     per_frame = {name: statistics.median(v) / total_frames * 1e3 for name, v in cpu.items()}
@@ -238,7 +275,7 @@ def main() -> None:
         "  CPU per frame (all processes; immune to other jobs' load): "
         + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_frame.items())
     )
-    for yardstick in ("bare work", "bare + files"):
+    for yardstick in ("bare work", "bare, tuned", "bare + files"):
         print(
             f"  CPU cost {yardstick} / pipeline  "
             f"{per_frame[yardstick] / per_frame['pipeline']:6.1%}"
@@ -246,6 +283,7 @@ def main() -> None:
     print("  (the pipeline's CPU includes its process start-up and the size estimate)")
     print(f"  JPEG output {written / total_frames / 1024:.1f} KB per frame")
     shutil.rmtree(work, ignore_errors=True)
+    os.sync()  # the next run's new inodes then avoid these only for a minute, not five
 
 
 def _stop_fork_server() -> None:

@@ -3,18 +3,19 @@ the background from a fork server, restarted when a decoder crash kills a worker
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import sys
 import threading
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
 from vidact import console
-from vidact.data.extract import worker
+from vidact.data.extract import forkserver_main, worker
 from vidact.data.extract.options import ExtraStep, PrepareOptions, VideoJob, VideoResult
 from vidact.data.extract.worker import _init_worker, extract_video
 
@@ -24,19 +25,45 @@ def _pool_context() -> BaseContext:
 
     Never plain fork: forking this process after OpenCV's thread pool has run deadlocks.
     The fork server is a fresh process that imports the worker's modules once (numpy,
-    OpenCV, decord: ~0.25 s of CPU) and forks every worker from that state, where spawn
-    pays the imports again in each worker. It lives as long as this process, so a second
-    pool (after a worker crash, or the next prepare call) starts in milliseconds."""
+    OpenCV, decord: ~0.25 s of CPU) and this process's main script (`forkserver_main`),
+    and forks every worker from that state, where spawn pays the imports again in each
+    worker. It lives as long as this process, so a second pool (after a worker crash, or
+    the next prepare call) starts in milliseconds."""
     import multiprocessing
+    from multiprocessing import forkserver, spawn
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    # Each worker also runs the parent's main script (as spawn does); for the vidact
-    # command that imports vidact.cli, so the server imports it once for all of them.
-    preload = [worker.__name__, "decord"] + [m for m in ("vidact.cli",) if m in sys.modules]
-    context.set_forkserver_preload(preload)  # a module that fails to import is skipped
+    context.set_forkserver_preload([worker.__name__, "decord", forkserver_main.__name__])
+    # What a spawned worker would be told about __main__, for forkserver_main to load.
+    sent = spawn.get_preparation_data("vidact-worker")
+    main = {k: v for k, v in sent.items() if k in ("init_main_from_name", "init_main_from_path")}
+    server_environment = {
+        forkserver_main.ENV: json.dumps(main),
+        # numpy's OpenBLAS starts a thread per core that spins ~0.1 s after the import:
+        # in the fork server, on the start-up's critical path (perf: 0.05-0.1 s of CPU a
+        # run). Workers use no BLAS; forked workers never have those threads anyway.
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+    }
+    with _environment(server_environment):
+        forkserver.ensure_running()  # starts it now (if not running) with this environment
     return context
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set, restored afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _start_pool(workers: int) -> ProcessPoolExecutor:

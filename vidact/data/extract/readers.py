@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -53,6 +54,31 @@ class _Frames:
         raise NotImplementedError
 
 
+class _DLPackFrame:
+    """A decord frame's DLPack capsule, in the form `numpy.from_dlpack` takes."""
+
+    __slots__ = ("capsule",)
+
+    def __init__(self, capsule: object) -> None:
+        self.capsule = capsule
+
+    def __dlpack__(self, stream: object = None, **_: object) -> object:
+        return self.capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
+
+
+def _decord_to_numpy(frame: Any) -> np.ndarray:
+    """A read-only numpy view of a decord frame, sharing its memory (`asnumpy()` copies:
+    40 us per 640x272 frame, 3% of decode + resize + encode). Where that fails (an old
+    numpy), the copy."""
+    try:
+        return np.from_dlpack(cast(Any, _DLPackFrame(frame.to_dlpack())))
+    except (AttributeError, TypeError, BufferError):
+        return frame.asnumpy()
+
+
 class _DecordFrames(_Frames):
     rgb = True
 
@@ -74,7 +100,7 @@ class _DecordFrames(_Frames):
             for index in indices:
                 if index > position:
                     reader.skip_frames(index - position)
-                frame = reader.next().asnumpy()
+                frame = _decord_to_numpy(reader.next())
                 position = index + 1
                 yield frame
         except Exception as exc:  # includes StopIteration when the stream ends early

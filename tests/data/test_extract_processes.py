@@ -1,0 +1,121 @@
+"""What the extraction pool's processes get: glibc's allocator set to keep freed memory,
+the parent's main script loaded once by the fork server, decord frames without a copy."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_video
+from vidact.data import video
+from vidact.data.extract.readers import _decord_to_numpy
+
+ALLOCATIONS = """
+import resource, sys
+import numpy as np
+from vidact.data.extract.worker import keep_freed_memory
+if sys.argv[1] == "tuned":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):  # settle: imports, first heap growth
+    [np.ones(500_000, np.uint8) for _ in range(3)]
+before = faults()
+for _ in range(200):  # a frame's arrays (decoded, resized, converted), made and freed
+    [np.ones(500_000, np.uint8) for _ in range(3)]
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_page_faults_on_every_frame(tmp_path: Path) -> None:
+    script = tmp_path / "allocations.py"
+    script.write_text(ALLOCATIONS)
+    faults = {}
+    for mode in ("plain", "tuned"):
+        out = subprocess.run(
+            [sys.executable, str(script), mode], capture_output=True, text=True, check=True
+        )
+        faults[mode] = int(out.stdout)
+    # glibc's defaults give 122 KB back to the kernel and fault it in again every round
+    assert faults["plain"] > 200 * 100
+    assert faults["tuned"] < faults["plain"] // 20
+
+
+MAIN_SCRIPT = """
+import os
+from pathlib import Path
+
+with open(os.environ["LOG"], "a") as log:
+    log.write(f"{os.getpid()} {__name__}\\n")
+
+from concurrent.futures import ProcessPoolExecutor
+
+from vidact.data.extract.pool import _pool_context
+
+
+def pid(_):
+    import time
+
+    time.sleep(0.05)
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(3, mp_context=_pool_context()) as pool:
+        print(len(set(pool.map(pid, range(6)))))
+"""
+
+
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server"
+)
+def test_the_fork_server_runs_the_parents_main_script_once_for_all_workers(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "main_script.py"
+    script.write_text(textwrap.dedent(MAIN_SCRIPT))
+    log = tmp_path / "imports.log"
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LOG": str(log)},
+    )
+    assert int(out.stdout) >= 2  # the jobs ran in several workers
+    names = [line.split()[1] for line in log.read_text().splitlines()]
+    # the parent, then the fork server once; the three workers find it loaded
+    assert names == ["__main__", "__mp_main__"]
+
+
+@pytest.mark.skipif(not video.decord_available(), reason="decord not installed")
+def test_decord_frames_are_viewed_not_copied(tmp_path: Path) -> None:
+    import decord
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 32, 40, 3), np.uint8)
+    path = write_video(tmp_path / "v.mp4", frames)
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    copies = [reader[i].asnumpy() for i in range(3)]
+    reader.seek(0)
+    views = [_decord_to_numpy(reader.next()) for _ in range(3)]
+    del reader  # the views keep their frames alive
+    for copy, view in zip(copies, views, strict=True):
+        assert view.shape == (32, 40, 3) and view.dtype == np.uint8
+        assert not view.flags.owndata and not view.flags.writeable
+        np.testing.assert_array_equal(view, copy)
+
+
+def test_frames_without_dlpack_are_copied() -> None:
+    class OldFrame:  # a decord build without to_dlpack
+        def asnumpy(self) -> np.ndarray:
+            return np.zeros((2, 2, 3), np.uint8)
+
+    assert _decord_to_numpy(OldFrame()).shape == (2, 2, 3)

@@ -1,0 +1,33 @@
+"""Imported by the fork server only: runs the parent's main script there once, so that
+the workers forked from it do not each run it again.
+
+Every worker of a spawn or forkserver pool imports the parent's `__main__` (the script or
+`-m` module) before its first job. The fork server can do that once for all of them
+(its `__main__` preload), but CPython 3.11-3.13 never pass it the script's path (they ask
+`spawn.get_preparation_data` for a `main_path` key that it does not provide), so each
+worker paid the import again: 0.1 s of CPU per worker for benchmarks/prepare.py. The
+parent puts what spawn would send in `VIDACT_FORKSERVER_MAIN` (`pool.py`); here it is
+handed to `multiprocessing.spawn.prepare`, which is what a worker calls. A worker then
+finds `__main__` already in place and skips it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+ENV = "VIDACT_FORKSERVER_MAIN"
+
+
+def _load_parent_main() -> None:
+    from multiprocessing import spawn
+
+    data = json.loads(os.environ.get(ENV) or "{}")
+    if data:
+        spawn.prepare(data)
+
+
+# Whatever the script does, the fork server must live on: every worker comes from it
+# (and a worker whose __main__ is not in place loads it itself, as before).
+with contextlib.suppress(BaseException):
+    _load_parent_main()
