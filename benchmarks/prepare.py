@@ -3,13 +3,14 @@
     python benchmarks/prepare.py                       # 12 clips of 20 s, 640x272, all cores
     python benchmarks/prepare.py --workers 1 --videos 4
     python benchmarks/prepare.py --keep /tmp/bench-videos   # reuse the generated clips
+    python benchmarks/prepare.py --warm-pools          # yardsticks in long-lived pools
 
 Five measurements on the same generated videos and the same number of processes:
   raw decord  decode every frame to a numpy array (decord, one thread per process);
   bare work   decode, resize (short side) and JPEG-encode every frame in a tight loop,
-              nothing written, in an already started process pool, as anyone would
-              write it (`reader.next().asnumpy()`, glibc's default allocator): the
-              issue's yardstick, the target is pipeline >= 85% of it;
+              nothing written, as anyone would write it (`reader.next().asnumpy()`,
+              glibc's default allocator): the issue's yardstick, the target is
+              pipeline >= 85% of it;
   bare, tuned the same loop with the two per-frame savings the pipeline's workers make:
               frames viewed through DLPack instead of copied (`readers._decord_to_numpy`)
               and freed memory kept for reuse (`worker.keep_freed_memory`). Pipeline /
@@ -23,6 +24,11 @@ Five measurements on the same generated videos and the same number of processes:
               lists included;
   steady      the same run's processing phase only (its summary's `seconds`: first
               video submitted to last result), the part that grows with the dataset.
+Every yardstick run gets a process pool of its own, started before the clock starts: its
+processes are as new as the pipeline's, whose start-up is timed. (On the development VM a
+process that has already done a run's work does the next one ~8% faster; --warm-pools
+keeps one pool per yardstick for all runs, as this benchmark did before, to show it.)
+
 Runs are interleaved (raw, bare, bare tuned, bare + files, pipeline, then bare, ..., raw:
 the order rotates every repeat, and the default 5 repeats put each variant once in each
 place) so that load from other processes on a shared machine, and the state of memory one
@@ -43,6 +49,7 @@ a minute after deleting a previous benchmark's output, or point --workdir elsewh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -50,6 +57,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -177,6 +185,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=Path, default=None, help="folder to keep/reuse the clips")
     parser.add_argument("--workdir", type=Path, default=None, help="where outputs go (temp)")
+    parser.add_argument(
+        "--warm-pools",
+        action="store_true",
+        help="run every yardstick run in the same two pools (warmed by the runs before) "
+        "instead of a new pool per run",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vidact-bench-", dir=args.workdir))
@@ -207,68 +221,84 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in [*yardsticks, "pipeline"]}
     written = 0
     spawn = multiprocessing.get_context("spawn")  # forking after OpenCV's threads ran deadlocks
-    with (
-        ProcessPoolExecutor(args.workers, spawn, partial(_init, False)) as plain,
-        ProcessPoolExecutor(args.workers, spawn, partial(_init, True)) as tuned,
-    ):
+    kept: dict[bool, ProcessPoolExecutor] = {}
 
-        def yardstick(name: str, repeat: int) -> None:
-            pool = plain if name in ("raw decord", "bare work") else tuned
+    @contextlib.contextmanager
+    def started_pool(tuned: bool) -> Iterator[ProcessPoolExecutor]:
+        """A pool with every worker started (untimed): new for each run, as the pipeline's
+        is, or with --warm-pools the same one for every run."""
+        if args.warm_pools and tuned in kept:
+            yield kept[tuned]
+            return
+        pool = ProcessPoolExecutor(args.workers, spawn, partial(_init, tuned))
+        list(pool.map(_init_probe, range(args.workers)))
+        if args.warm_pools:
+            kept[tuned] = pool
+            yield pool
+            return
+        try:
+            yield pool
+        finally:
+            pool.shutdown()
+
+    def yardstick(name: str, repeat: int) -> None:
+        tuned = name not in ("raw decord", "bare work")
+        with started_pool(tuned) as pool:
             own, before = time.process_time(), _pool_cpu(pool)
             start = time.perf_counter()
             if name == "raw decord":
-                results = list(plain.map(raw_decode, map(str, clips)))
+                results = list(pool.map(raw_decode, map(str, clips)))
             else:
                 files = work / f"bare{repeat}" if name == "bare + files" else None
                 jobs = [
-                    (str(p), args.short_side, args.quality, files and f"{files}/{i}", pool is tuned)
+                    (str(p), args.short_side, args.quality, files and f"{files}/{i}", tuned)
                     for i, p in enumerate(clips)
                 ]
                 results = list(pool.map(_bare, jobs))
             times[name].append(time.perf_counter() - start)
             after = _pool_cpu(pool)
-            assert sum(n for n, _ in results) == total_frames
-            if before is None or after is None:  # no /proc: the loops' own CPU
-                cpu[name].append(sum(c for _, c in results))
+        assert sum(n for n, _ in results) == total_frames
+        if before is None or after is None:  # no /proc: the loops' own CPU
+            cpu[name].append(sum(c for _, c in results))
+        else:
+            cpu[name].append(time.process_time() - own + after - before)
+
+    def pipeline(repeat: int) -> None:
+        nonlocal written
+        own, children = time.process_time(), _children_cpu()
+        start = time.perf_counter()
+        summary = prepare_dataset(
+            source,
+            work / f"out{repeat}",
+            options,
+            workers=args.workers,
+            check_free_space=False,
+        )
+        times["pipeline"].append(time.perf_counter() - start)
+        _stop_fork_server()  # so its CPU and its workers' count as finished children
+        cpu["pipeline"].append(time.process_time() - own + _children_cpu() - children)
+        times["steady"].append(summary.seconds)
+        assert summary.frames_written == total_frames and summary.failed == 0
+        written = summary.bytes_written
+
+    variants = [*yardsticks, "pipeline"]
+    for repeat in range(args.repeats):
+        # The order rotates every repeat: no variant always runs after the same one
+        # (here a run is cheaper right after one whose processes exited: it gets the
+        # memory they freed instead of pages the hypervisor must first provide).
+        shift = repeat % len(variants)
+        for name in variants[shift:] + variants[:shift]:
+            if name == "pipeline":
+                pipeline(repeat)
             else:
-                cpu[name].append(time.process_time() - own + after - before)
-
-        def pipeline(repeat: int) -> None:
-            nonlocal written
-            own, children = time.process_time(), _children_cpu()
-            start = time.perf_counter()
-            summary = prepare_dataset(
-                source,
-                work / f"out{repeat}",
-                options,
-                workers=args.workers,
-                check_free_space=False,
-            )
-            times["pipeline"].append(time.perf_counter() - start)
-            _stop_fork_server()  # so its CPU and its workers' count as finished children
-            cpu["pipeline"].append(time.process_time() - own + _children_cpu() - children)
-            times["steady"].append(summary.seconds)
-            assert summary.frames_written == total_frames and summary.failed == 0
-            written = summary.bytes_written
-
-        for pool in (plain, tuned):  # start every worker before timing
-            list(pool.map(_init_probe, range(args.workers)))
-        variants = [*yardsticks, "pipeline"]
-        for repeat in range(args.repeats):
-            # The order rotates every repeat: no variant always runs after the same one
-            # (here a run is cheaper right after one whose processes exited: it gets the
-            # memory they freed instead of pages the hypervisor must first provide).
-            shift = repeat % len(variants)
-            for name in variants[shift:] + variants[:shift]:
-                if name == "pipeline":
-                    pipeline(repeat)
-                else:
-                    yardstick(name, repeat)
-                os.sync()  # untimed: no run pays for the previous run's disk writeback
-            # Outputs stay until the end. Deleting them here would slow the next run's
-            # file creation: on ext4 without a journal (this VM's disk) a new inode skips
-            # every inode deleted in the last minutes (ext4 recently_deleted()); perf showed
-            # it taking more kernel time than the JPEG writes themselves.
+                yardstick(name, repeat)
+            os.sync()  # untimed: no run pays for the previous run's disk writeback
+        # Outputs stay until the end. Deleting them here would slow the next run's
+        # file creation: on ext4 without a journal (this VM's disk) a new inode skips
+        # every inode deleted in the last minutes (ext4 recently_deleted()); perf showed
+        # it taking more kernel time than the JPEG writes themselves.
+    for pool in kept.values():
+        pool.shutdown()
 
     med = {name: statistics.median(values) for name, values in times.items()}
     best = {name: min(values) for name, values in times.items()}
