@@ -9,8 +9,7 @@ Five measurements on the same generated videos and the same number of processes:
   raw decord  decode every frame to a numpy array (decord, one thread per process);
   bare work   decode, resize (short side) and JPEG-encode every frame in a tight loop,
               nothing written, as anyone would write it (`reader.next().asnumpy()`,
-              glibc's default allocator): the issue's yardstick, the target is
-              pipeline >= 85% of it;
+              glibc's default allocator): the target is pipeline >= 85% of it;
   bare, tuned the same loop with the two per-frame savings the pipeline's workers make:
               frames viewed through DLPack instead of copied (`readers._decord_to_numpy`)
               and freed memory kept for reuse (`worker.keep_freed_memory`). Pipeline /
@@ -25,9 +24,11 @@ Five measurements on the same generated videos and the same number of processes:
   steady      the same run's processing phase only (its summary's `seconds`: first
               video submitted to last result), the part that grows with the dataset.
 Every yardstick run gets a process pool of its own, started before the clock starts: its
-processes are as new as the pipeline's, whose start-up is timed. (On the development VM a
-process that has already done a run's work does the next one ~8% faster; --warm-pools
-keeps one pool per yardstick for all runs, as this benchmark did before, to show it.)
+processes are as new as the pipeline's, whose start-up is timed. --warm-pools keeps one
+pool per yardstick for all runs instead, as this benchmark did before: then only the
+pipeline's processes are new, and on the development VM they spent 0.1 ms a frame more
+CPU (a process's first touch of memory costs more there when no other process has just
+freed some; docs/datasets.md, "Throughput").
 
 Runs are interleaved (raw, bare, bare tuned, bare + files, pipeline, then bare, ..., raw:
 the order rotates every repeat, and the default 5 repeats put each variant once in each

@@ -119,3 +119,27 @@ def test_frames_without_dlpack_are_copied() -> None:
             return np.zeros((2, 2, 3), np.uint8)
 
     assert _decord_to_numpy(OldFrame()).shape == (2, 2, 3)
+
+
+UNGUARDED_SCRIPT = """
+from concurrent.futures import ProcessPoolExecutor
+
+from vidact.data.extract.pool import _pool_context
+
+# no `if __name__ == "__main__":` guard
+with ProcessPoolExecutor(2, mp_context=_pool_context()) as pool:
+    print(sum(pool.map(abs, range(-3, 3))))
+"""
+
+
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server"
+)
+def test_a_script_without_a_main_guard_fails_instead_of_starting_servers_forever(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "bootstrapping phase" in out.stderr or "BrokenProcessPool" in out.stderr

@@ -20,11 +20,20 @@ ENV = "VIDACT_FORKSERVER_MAIN"
 
 
 def _load_parent_main() -> None:
-    from multiprocessing import spawn
+    from multiprocessing import process, spawn
 
     data = json.loads(os.environ.get(ENV) or "{}")
-    if data:
+    if not data:
+        return
+    # As in a worker (spawn._main): a script that starts processes outside its
+    # `if __name__ == "__main__":` gets multiprocessing's "bootstrapping phase" error here
+    # instead of starting a fork server of its own, and that one another, ...
+    current = process.current_process()
+    current._inheriting = True  # type: ignore[attr-defined]
+    try:
         spawn.prepare(data)
+    finally:
+        del current._inheriting  # type: ignore[attr-defined]
 
 
 # Whatever the script does, the fork server must live on: every worker comes from it
