@@ -17,6 +17,26 @@ from tests.conftest import write_video
 from vidact.data import video
 from vidact.data.extract.readers import _decord_to_numpy
 
+needs_fork_server = pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server"
+)
+
+
+def run_script(
+    tmp_path: Path, text: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `text` as a Python script of its own (its own __main__) with `args`."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(text))
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
 ALLOCATIONS = """
 import resource, sys
 import numpy as np
@@ -36,13 +56,10 @@ print(faults() - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_page_faults_on_every_frame(tmp_path: Path) -> None:
-    script = tmp_path / "allocations.py"
-    script.write_text(ALLOCATIONS)
     faults = {}
     for mode in ("plain", "tuned"):
-        out = subprocess.run(
-            [sys.executable, str(script), mode], capture_output=True, text=True, check=True
-        )
+        out = run_script(tmp_path, ALLOCATIONS, mode)
+        assert out.returncode == 0, out.stderr
         faults[mode] = int(out.stdout)
     # glibc's defaults give 122 KB back to the kernel and fault it in again every round
     assert faults["plain"] > 200 * 100
@@ -74,22 +91,13 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.skipif(
-    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server"
-)
+@needs_fork_server
 def test_the_fork_server_runs_the_parents_main_script_once_for_all_workers(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "main_script.py"
-    script.write_text(textwrap.dedent(MAIN_SCRIPT))
     log = tmp_path / "imports.log"
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "LOG": str(log)},
-    )
+    out = run_script(tmp_path, MAIN_SCRIPT, env={"LOG": str(log)})
+    assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 2  # the jobs ran in several workers
     names = [line.split()[1] for line in log.read_text().splitlines()]
     # the parent, then the fork server once; the three workers find it loaded
@@ -132,14 +140,12 @@ with ProcessPoolExecutor(2, mp_context=_pool_context()) as pool:
 """
 
 
-@pytest.mark.skipif(
-    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server"
-)
-def test_a_script_without_a_main_guard_fails_instead_of_starting_servers_forever(
+@needs_fork_server
+def test_a_script_without_a_main_guard_fails_as_with_spawn_instead_of_running_twice(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "unguarded.py"
-    script.write_text(UNGUARDED_SCRIPT)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    out = run_script(tmp_path, UNGUARDED_SCRIPT)
+    # the fork server must not run the script's body (a second copy of the user's job)
+    assert out.stdout.count("9") <= 1
     assert out.returncode != 0
     assert "bootstrapping phase" in out.stderr or "BrokenProcessPool" in out.stderr
