@@ -70,6 +70,8 @@ MAIN_SCRIPT = """
 import os
 from pathlib import Path
 
+import helper  # a module beside the script: found through the parent's sys.path
+
 with open(os.environ["LOG"], "a") as log:
     log.write(f"{os.getpid()} {__name__}\\n")
 
@@ -96,6 +98,7 @@ def test_the_fork_server_runs_the_parents_main_script_once_for_all_workers(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "imports.log"
+    (tmp_path / "helper.py").write_text("")
     out = run_script(tmp_path, MAIN_SCRIPT, env={"LOG": str(log)})
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 2  # the jobs ran in several workers

@@ -3,12 +3,14 @@ the workers forked from it do not each run it again.
 
 Every worker of a spawn or forkserver pool imports the parent's `__main__` (the script or
 `-m` module) before its first job. The fork server can do that once for all of them
-(its `__main__` preload), but CPython 3.11-3.13 never pass it the script's path (they ask
-`spawn.get_preparation_data` for a `main_path` key that it does not provide), so each
-worker paid the import again: 0.1 s of CPU per worker for benchmarks/prepare.py. The
-parent puts what spawn would send in `VIDACT_FORKSERVER_MAIN` (`pool.py`); here it is
-handed to `multiprocessing.spawn.prepare`, which is what a worker calls. A worker then
-finds `__main__` already in place and skips it."""
+(its `__main__` preload), but CPython before 3.13.8 and 3.14.1 never passes it the
+script's path (gh-137996: it asks `spawn.get_preparation_data` for a `main_path` key
+that no longer exists), and 3.11 ignores the parent's sys.path there too (gh-117378). So
+each worker paid the import again: 0.1 s of CPU per worker for benchmarks/prepare.py.
+The parent puts what spawn would send (main script and sys.path) in
+`VIDACT_FORKSERVER_MAIN` (`pool.py`); here it is handed to `multiprocessing.spawn.prepare`,
+which is what a worker calls. A worker then finds `__main__` already in place and skips
+it."""
 
 from __future__ import annotations
 

@@ -36,9 +36,10 @@ def _pool_context() -> BaseContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([worker.__name__, "decord", forkserver_main.__name__])
-    # What a spawned worker would be told about __main__, for forkserver_main to load.
+    # What a spawned worker is told about __main__ (and sys.path), for forkserver_main.
     sent = spawn.get_preparation_data("vidact-worker")
-    main = {k: v for k, v in sent.items() if k in ("init_main_from_name", "init_main_from_path")}
+    keys = ("sys_path", "init_main_from_name", "init_main_from_path")
+    main = {key: sent[key] for key in keys if key in sent}
     server_environment = {
         forkserver_main.ENV: json.dumps(main),
         # numpy's OpenBLAS starts a thread per core that spins ~0.1 s after the import:
