@@ -224,19 +224,21 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")  # forking after OpenCV's threads ran deadlocks
     kept: dict[bool, ProcessPoolExecutor] = {}
 
+    def new_pool(tuned: bool) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(args.workers, spawn, partial(_init, tuned))
+        list(pool.map(_init_probe, range(args.workers)))  # every worker started, untimed
+        return pool
+
     @contextlib.contextmanager
     def started_pool(tuned: bool) -> Iterator[ProcessPoolExecutor]:
-        """A pool with every worker started (untimed): new for each run, as the pipeline's
-        is, or with --warm-pools the same one for every run."""
-        if args.warm_pools and tuned in kept:
+        """A new pool for each run, as the pipeline's is, or with --warm-pools the same
+        one for every run."""
+        if args.warm_pools:
+            if tuned not in kept:
+                kept[tuned] = new_pool(tuned)
             yield kept[tuned]
             return
-        pool = ProcessPoolExecutor(args.workers, spawn, partial(_init, tuned))
-        list(pool.map(_init_probe, range(args.workers)))
-        if args.warm_pools:
-            kept[tuned] = pool
-            yield pool
-            return
+        pool = new_pool(tuned)
         try:
             yield pool
         finally:
