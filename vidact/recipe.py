@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vidact.constants import FLOW_BOUND, IMAGENET_MEAN, IMAGENET_STD
 from vidact.errors import RecipeError
 
 BASE_KEY = "_base_"
@@ -64,9 +65,9 @@ class DataConfig(_Section):
     # TSN / CT-Net multi-scale crop scales (CT-Net appendix A.1).
     scales: list[float] = Field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     hflip: bool = True
-    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
-    flow_bound: float = Field(20.0, gt=0)
+    mean: list[float] = Field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = Field(default_factory=lambda: list(IMAGENET_STD))
+    flow_bound: float = Field(FLOW_BOUND, gt=0)
     video_backend: Literal["auto", "decord", "opencv"] = "auto"
     num_workers: int = Field(2, ge=0)
     pin_memory: bool = True

@@ -17,6 +17,7 @@ import typer
 
 from vidact import console
 from vidact.cli.app import app, user_errors
+from vidact.constants import FLOW_BOUND
 
 if TYPE_CHECKING:
     from vidact.data.extract import PrepareSummary
@@ -355,7 +356,7 @@ def _official_dataset_command(dataset: str) -> Callable[..., None]:
         no_disk_check: NoDiskCheck = False,
         flow: FlowOption = Flow.none,
         flow_backend: FlowBackendOption = FlowBackend.auto,
-        flow_bound: FlowBound = 20.0,
+        flow_bound: FlowBound = FLOW_BOUND,
     ) -> None:
         _run(dataset, videos, annotations, out, mode, short_side, fps, quality, workers, shard,
              classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
@@ -388,7 +389,7 @@ def prepare_folder(
     no_disk_check: NoDiskCheck = False,
     flow: FlowOption = Flow.none,
     flow_backend: FlowBackendOption = FlowBackend.auto,
-    flow_bound: FlowBound = 20.0,
+    flow_bound: FlowBound = FLOW_BOUND,
 ) -> None:
     """A plain folder with one sub-folder of videos per class.
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vidact.compare.device import _sync
+from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
 from vidact.errors import VidactError
 from vidact.flow.backends import compute_flow, resolve_backend
 from vidact.flow.tvl1 import TVL1Params
@@ -20,8 +21,6 @@ from vidact.models.rep_flow import ITERATIONS
 
 DEFAULT_TIMING_SHAPE = (32, 224, 224)  # Table 9: "a batch of videos with size 32x224x224"
 TIMING_CLASSES = 400  # classifier size of the timed networks (Kinetics-400)
-_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics (the recipes' default normalisation)
-_STD = (0.229, 0.224, 0.225)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -91,8 +90,8 @@ def time_table9(
     flow_net = build_model("flow_resnet34", TIMING_CLASSES, stack=1).to(dev).eval()
     rep_net = build_model("repflow_resnet34", TIMING_CLASSES, iterations=iterations)
     rep_net = rep_net.to(dev).eval()
-    mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1, 1)
-    std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1, 1)
     clip_t = torch.from_numpy(clip)
 
     def tvl1() -> np.ndarray:

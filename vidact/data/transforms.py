@@ -20,12 +20,14 @@ Horizontal flip (p = 0.5) can be switched off (Something-Something labels such a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
 
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
 _MAX_DISTORT = 1  # TSN: width and height scale indices differ by at most one
@@ -40,8 +42,8 @@ class ClipTransform:
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
     hflip: bool = True
     modality: str = "rgb"
-    mean: tuple[float, ...] = field(default=(0.485, 0.456, 0.406))
-    std: tuple[float, ...] = field(default=(0.229, 0.224, 0.225))
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> Tensor:
         height, width = frames.shape[1:3]

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
 from vidact.data.manifest import Sample
 from vidact.data.sampling import uniform_clip_indices
 from vidact.data.transforms import Box, ClipTransform, _to_source, center_box, crop_resize
@@ -109,8 +110,8 @@ class ViewSpec:
     crop_size: int = 224
     short_side: int = 256
     modality: str = "rgb"  # rgb | flow | rgb+flow
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     @property
     def num_views(self) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vidact import console
+from vidact.constants import FLOW_BACKENDS, FLOW_BOUND
 from vidact.errors import VidactError
 from vidact.flow.tvl1 import TVL1Params, default_device, tvl1_flow
 
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 Backend = Literal["auto", "torch", "opencv-cuda", "opencv"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "opencv-cuda", "opencv")
+BACKENDS: tuple[str, ...] = FLOW_BACKENDS
 
 # ITU-R BT.601 luma weights, the ones cv2.cvtColor(..., COLOR_RGB2GRAY) uses.
 _LUMA = (0.299, 0.587, 0.114)
@@ -330,7 +331,7 @@ def compute_flow(
 # Quantisation
 
 
-def quantize_flow(flow: Any, bound: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+def quantize_flow(flow: Any, bound: float = FLOW_BOUND) -> tuple[np.ndarray, np.ndarray]:
     """Flow (..., 2) in pixels -> (x, y) uint8 images for JPEG storage.
 
     The usual two-stream mapping: clip each component to [-bound, bound] and map it
@@ -350,7 +351,7 @@ def quantize_flow(flow: Any, bound: float = 20.0) -> tuple[np.ndarray, np.ndarra
     return q[..., 0], q[..., 1]
 
 
-def dequantize_flow(x: Any, y: Any, bound: float = 20.0) -> np.ndarray:
+def dequantize_flow(x: Any, y: Any, bound: float = FLOW_BOUND) -> np.ndarray:
     """Inverse of `quantize_flow`: two uint8 images -> float32 flow (..., 2) in pixels."""
     if bound <= 0:
         raise ValueError(f"bound must be positive, got {bound}")

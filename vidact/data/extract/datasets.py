@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from vidact.constants import FLOW_BOUND
 from vidact.data.extract.options import PrepareOptions, parse_shard
 from vidact.data.extract.pipeline import prepare_dataset
 from vidact.data.extract.summary import PrepareSummary
@@ -71,7 +72,7 @@ def prepare(
     backend: str | None = None,
     flow: str = "none",
     flow_backend: str = "auto",
-    flow_bound: float = 20.0,
+    flow_bound: float = FLOW_BOUND,
 ) -> PrepareSummary:
     """`vidact prepare <dataset>`: annotations + videos -> manifests, label map, outputs.
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from vidact.constants import FLOW_BOUND
 from vidact.errors import VidactError
 
 MODES = ("none", "frames", "videos")
@@ -30,7 +31,7 @@ class PrepareOptions:
     backend: str | None = None  # "auto" (decord, then OpenCV), "decord", "opencv"
     flow: str = "none"  # "tvl1": also write quantised TV-L1 flow under flow/<key>/
     flow_backend: str = "auto"  # vidact.flow.compute_flow's backend
-    flow_bound: float = 20.0  # +-bound px maps onto [0, 255]
+    flow_bound: float = FLOW_BOUND  # +-bound px maps onto [0, 255]
 
     @property
     def with_flow(self) -> bool:

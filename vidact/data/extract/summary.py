@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidact.constants import FLOW_BOUND
+
 
 @dataclass(frozen=True)
 class PrepareSummary:
@@ -32,7 +34,7 @@ class PrepareSummary:
     notes: list[str] = field(default_factory=list)
     flow: str = "none"
     flow_backend: str = ""  # the concrete backend this run used ("" without flow)
-    flow_bound: float = 20.0
+    flow_bound: float = FLOW_BOUND
     flow_pairs_written: int = 0  # x/y JPEG pairs written by this run
     estimated_flow_bytes: int = 0
 
