@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from tests.conftest import write_video
 from tests.flow._pairs import texture, translation_pair
 from vidact.cli import app
-from vidact.compare import (
+from vidact.compare_tvl1 import (
     checkpoint_layer,
     compare_tvl1,
     flow_of_flow,

@@ -15,28 +15,41 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _report(result: Any) -> None:
-    from rich.table import Table
+_VIDEO_COLUMNS = (
+    "video",
+    "pairs",
+    "EPE rep/TV-L1",
+    "cos rep/TV-L1",
+    "|GT|",
+    "EPE TV-L1/GT",
+    "EPE rep/GT",
+    "TV-L1 ms/pair",
+    "rep ms/pair",
+)
 
-    from vidact.compare import CompareResult
+
+def _report(result: Any) -> None:
+    from vidact.compare_tvl1 import CompareResult
 
     assert isinstance(result, CompareResult)
     out = console.get_console()
+    out.print(_videos_table(result))
+    if result.timing is not None:
+        out.print(_timing_table(result.timing))
+    console.summary_table("compare-tvl1", _summary_rows(result))
+    for path, reason in result.failed:
+        console.warn(f"not compared: {path}: {reason}")
+
+
+def _videos_table(result: Any) -> Any:
+    """One row per video (and their mean): EPE and cosine against TV-L1 and ground truth."""
+    from rich.table import Table
+
     videos = Table(
         title="rep-flow vs TV-L1 (EPE px, cosine; vs ground truth where stored)",
         title_justify="left",
     )
-    for name in (
-        "video",
-        "pairs",
-        "EPE rep/TV-L1",
-        "cos rep/TV-L1",
-        "|GT|",
-        "EPE TV-L1/GT",
-        "EPE rep/GT",
-        "TV-L1 ms/pair",
-        "rep ms/pair",
-    ):
+    for name in _VIDEO_COLUMNS:
         if name == "video":
             videos.add_column(name, no_wrap=True)
         else:
@@ -67,29 +80,37 @@ def _report(result: Any) -> None:
             f"{s['tvl1_ms_per_pair']:.1f}",
             f"{s['repflow_ms_per_pair']:.1f}",
         )
-    out.print(videos)
+    return videos
 
-    timing = result.timing
-    if timing is not None:
-        t, h, w = timing["shape"]
-        table = Table(
-            title=f"Table-9-style run time, {t}x{h}x{w}, {timing['device']}", title_justify="left"
-        )
-        for name in ("network", "TV-L1 ms", "CNN ms", "total ms / video", "x rep-flow"):
-            table.add_column(name, justify="left" if name == "network" else "right")
-        flow, rep = timing["flow_cnn"], timing["repflow_cnn"]
-        table.add_row(
-            f"{flow['model']} ({timing['backend']})",
-            f"{flow['tvl1_ms']:.0f}",
-            f"{flow['cnn_ms']:.0f}",
-            f"{flow['total_ms']:.0f}",
-            f"{timing['ratio']:.2f}",
-        )
-        table.add_row(rep["model"], "-", f"{rep['total_ms']:.0f}", f"{rep['total_ms']:.0f}", "1.00")
-        out.print(table)
 
-    layer = result.layer
+def _timing_table(timing: dict[str, Any]) -> Any:
+    """Table 9 of the rep-flow paper in miniature: TV-L1 + flow CNN against rep-flow."""
+    from rich.table import Table
+
+    t, h, w = timing["shape"]
+    table = Table(
+        title=f"Table-9-style run time, {t}x{h}x{w}, {timing['device']}", title_justify="left"
+    )
+    for name in ("network", "TV-L1 ms", "CNN ms", "total ms / video", "x rep-flow"):
+        table.add_column(name, justify="left" if name == "network" else "right")
+    flow, rep = timing["flow_cnn"], timing["repflow_cnn"]
+    table.add_row(
+        f"{flow['model']} ({timing['backend']})",
+        f"{flow['tvl1_ms']:.0f}",
+        f"{flow['cnn_ms']:.0f}",
+        f"{flow['total_ms']:.0f}",
+        f"{timing['ratio']:.2f}",
+    )
+    table.add_row(rep["model"], "-", f"{rep['total_ms']:.0f}", f"{rep['total_ms']:.0f}", "1.00")
+    return table
+
+
+def _summary_rows(result: Any) -> list[tuple[str, str]]:
+    s, layer = result.summary, result.layer
     pixel = layer.pixel_equivalent()
+    values = f"{layer.values['tau']:.4g}, {layer.values['lam']:.4g}, {layer.values['theta']:.4g}"
+    if not layer.normalize_sobel:
+        values += f" (in pixels: {pixel['tau']:.4g}, {pixel['lam']:.4g}, {pixel['theta']:.4g})"
     rows = [
         ("input", f"{result.report['input']} ({result.kind})"),
         ("TV-L1", f"{result.backend}, {s['tvl1_ms_per_video']:.0f} ms / video"),
@@ -98,15 +119,7 @@ def _report(result: Any) -> None:
             f"{layer.source}, {layer.iterations} iterations, "
             f"{s['repflow_ms_per_video']:.0f} ms / video",
         ),
-        (
-            "tau, lambda, theta",
-            f"{layer.values['tau']:.4g}, {layer.values['lam']:.4g}, {layer.values['theta']:.4g}"
-            + (
-                ""
-                if layer.normalize_sobel
-                else f" (in pixels: {pixel['tau']:.4g}, {pixel['lam']:.4g}, {pixel['theta']:.4g})"
-            ),
-        ),
+        ("tau, lambda, theta", values),
     ]
     if layer.changed:
         rows.append(("learned (changed)", ", ".join(layer.changed)))
@@ -114,9 +127,25 @@ def _report(result: Any) -> None:
     rows.append(("pictures", f"{result.panel_path} (pair {result.pictures['pair']}), clip.gif"))
     rows.append(("report", str(result.report_path)))
     rows.append(("time", f"{result.seconds:.1f} s"))
-    console.summary_table("compare-tvl1", rows)
-    for path, reason in result.failed:
-        console.warn(f"not compared: {path}: {reason}")
+    return rows
+
+
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(help="Take the first flow layer's parameters from this checkpoint."),
+]
+ItersOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Flow layer iterations (default: the checkpoint's, else 20)."),
+]
+PrintedSobelOption = Annotated[
+    bool,
+    typer.Option(
+        "--printed-sobel",
+        help="Paper values with the unnormalised Sobel, as an untrained network layer "
+        "(output x8 to pixels; always so with --checkpoint).",
+    ),
+]
 
 
 @app.command("compare-tvl1")
@@ -125,14 +154,8 @@ def compare_tvl1_command(
     input: Annotated[
         Path, typer.Argument(help="A video, a frame folder, or a prepared dataset folder.")
     ],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="Take the first flow layer's parameters from this checkpoint."),
-    ] = None,
-    iters: Annotated[
-        int | None,
-        typer.Option(min=1, help="Flow layer iterations (default: the checkpoint's, else 20)."),
-    ] = None,
+    checkpoint: CheckpointOption = None,
+    iters: ItersOption = None,
     backend: Annotated[
         str, typer.Option(help="TV-L1 backend: auto, torch, opencv-cuda or opencv.")
     ] = "auto",
@@ -159,14 +182,7 @@ def compare_tvl1_command(
         int | None,
         typer.Option(min=0, help="Pixels left out along the edges (default 1/16 short side)."),
     ] = None,
-    printed_sobel: Annotated[
-        bool,
-        typer.Option(
-            "--printed-sobel",
-            help="Paper values with the unnormalised Sobel, as an untrained network layer "
-            "(output x8 to pixels; always so with --checkpoint).",
-        ),
-    ] = False,
+    printed_sobel: PrintedSobelOption = False,
     timing_shape: Annotated[
         str, typer.Option(help="TxHxW clip of the Table-9-style timing.")
     ] = "32x224x224",
@@ -191,7 +207,7 @@ def compare_tvl1_command(
       vidact compare-tvl1 clip_frames/ --checkpoint runs/repflow/X/checkpoints/best.pt
       vidact compare-tvl1 video.mp4 --iters 100 --backend torch --short-side 128 --no-timing
     """
-    from vidact.compare import compare_tvl1, parse_shape
+    from vidact.compare_tvl1 import compare_tvl1, parse_shape
 
     shape = parse_shape(timing_shape) if timing else None
     result = compare_tvl1(

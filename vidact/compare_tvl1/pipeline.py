@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +16,21 @@ import torch
 
 from vidact import console
 from vidact.atomic import atomic_write_text
-from vidact.compare.device import _one_thread
-from vidact.compare.inputs import DEFAULT_VIDEOS, resolve_input
-from vidact.compare.layers import (
+from vidact.compare_tvl1.device import _one_thread
+from vidact.compare_tvl1.inputs import DEFAULT_VIDEOS, _Item, resolve_input
+from vidact.compare_tvl1.layers import (
     FlowLayerSpec,
     checkpoint_layer,
     paper_layer,
     representation_flow,
 )
-from vidact.compare.measure import MOVING_PX, VideoResult, _compare_video, _Computed, _finite
-from vidact.compare.pictures import _write_pictures
-from vidact.compare.timing import DEFAULT_TIMING_SHAPE, time_table9
+from vidact.compare_tvl1.measure import MOVING_PX, VideoResult, _compare_video, _Computed, _finite
+from vidact.compare_tvl1.pictures import _write_pictures
+from vidact.compare_tvl1.timing import DEFAULT_TIMING_SHAPE, time_table9
 from vidact.errors import VidactError, VideoReadError
 from vidact.flow.backends import resolve_backend
 from vidact.flow.tvl1 import TVL1Params
-from vidact.models.rep_flow import ITERATIONS
+from vidact.models.rep_flow import ITERATIONS, RepresentationFlow
 
 DEFAULT_MAX_FRAMES = 32  # consecutive frames read per video (31 pairs)
 
@@ -130,86 +130,36 @@ def compare_tvl1(
     Writes report.json, panel.png and clip.gif to `out` (default runs/compare-tvl1/<name>).
     """
     started = time.perf_counter()
-    if max_frames < 2:
-        raise VidactError(f"--frames {max_frames}: flow needs at least 2 frames")
-    if short_side is not None and short_side < 16:
-        raise VidactError(f"--short-side {short_side}: must be at least 16 pixels")
-    if timing_shape is not None and (
-        len(timing_shape) != 3 or timing_shape[0] < 2 or min(timing_shape[1:]) < 32
-    ):
-        raise VidactError(f"timing shape {timing_shape}: need T >= 2 and H, W >= 32")
-    name = resolve_backend(backend)
-    params = params or TVL1Params.opencv_cpu()
+    _check_settings(max_frames, short_side, timing_shape)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if checkpoint is not None:
-        if printed_sobel:
-            console.debug("--printed-sobel is implied by --checkpoint")
-        spec = checkpoint_layer(checkpoint, iters)
-    else:
-        spec = paper_layer(ITERATIONS if iters is None else iters, printed_sobel=printed_sobel)
-    layer = spec.build(dev)
-    with _one_thread(dev):  # warm-up
-        representation_flow(np.zeros((2, 32, 32), np.float32), layer, spec.gain, dev)
+    methods = _Methods(
+        resolve_backend(backend),
+        params or TVL1Params.opencv_cpu(),
+        _layer_spec(checkpoint, iters, printed_sobel),
+        dev,
+    )
     kind, items = resolve_input(input, num_videos, split)
     out_dir = Path(out) if out is not None else default_out(input)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    videos: list[VideoResult] = []
-    failed: list[tuple[str, str]] = []
-    shown: _Computed | None = None
-    with console.progress_task(f"compare-tvl1 ({name})", total=len(items)) as advance:
-        for item in items:
-            try:
-                computed = _compare_video(
-                    item,
-                    backend=name,
-                    params=params,
-                    spec=spec,
-                    layer=layer,
-                    device=dev,
-                    max_frames=max_frames,
-                    short_side=short_side,
-                    border=border,
-                )
-            except VideoReadError as exc:
-                if kind != "dataset":
-                    raise
-                failed.append((str(item.path), exc.reason))
-                console.warn(f"skipped {item.path}: {exc.reason}")
-                advance(status=f"{item.name}: failed")
-                continue
-            videos.append(computed.result)
-            if shown is None:
-                shown = computed
-            advance(status=item.name)
+    videos, failed, shown = _compare_videos(items, kind, methods, max_frames, short_side, border)
     if shown is None:
         raise VidactError(
             f"{input}: none of the {len(items)} video(s) could be read "
             f"(first: {failed[0][0]}: {failed[0][1]})"
         )
-    pictures = _write_pictures(shown, out_dir, pair, spec.iterations)
-
+    pictures = _write_pictures(shown, out_dir, pair, methods.spec.iterations)
     timing = None
     if timing_shape is not None:
-        t, h, w = timing_shape
-        console.info(f"Table-9 timing at {t}x{h}x{w} (TV-L1 + flow CNN, then rep-flow CNN)")
-        timing = time_table9(
-            shown.frames,
-            timing_shape,
-            backend=name,
-            params=params,
-            iterations=spec.iterations,
-            repeats=timing_repeats,
-            device=dev,
-        )
+        timing = _table9(shown, timing_shape, methods, timing_repeats)
 
     summary = _summary(videos)
     seconds = time.perf_counter() - started
     report = {
         "input": str(input),
         "kind": kind,
-        "tvl1": {"backend": name, "params": asdict(params)},
-        "repflow": spec.to_json(),
+        "tvl1": {"backend": methods.backend, "params": asdict(methods.params)},
+        "repflow": methods.spec.to_json(),
         "device": str(dev),
         "layer_torch_threads": 1 if dev.type == "cpu" else None,
         "cosine_min_px": MOVING_PX,
@@ -222,15 +172,95 @@ def compare_tvl1(
     }
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return CompareResult(
-        out_dir=out_dir,
-        kind=kind,
-        backend=name,
-        layer=spec,
-        videos=videos,
-        failed=failed,
-        summary=summary,
-        pictures=pictures,
-        timing=timing,
-        seconds=seconds,
-        report=report,
-    )
+        out_dir, kind, methods.backend, methods.spec, videos, failed, summary, pictures,
+        timing, seconds, report,
+    )  # fmt: skip
+
+
+def _check_settings(
+    max_frames: int, short_side: int | None, timing_shape: tuple[int, int, int] | None
+) -> None:
+    if max_frames < 2:
+        raise VidactError(f"--frames {max_frames}: flow needs at least 2 frames")
+    if short_side is not None and short_side < 16:
+        raise VidactError(f"--short-side {short_side}: must be at least 16 pixels")
+    if timing_shape is not None and (
+        len(timing_shape) != 3 or timing_shape[0] < 2 or min(timing_shape[1:]) < 32
+    ):
+        raise VidactError(f"timing shape {timing_shape}: need T >= 2 and H, W >= 32")
+
+
+def _layer_spec(
+    checkpoint: str | Path | None, iters: int | None, printed_sobel: bool
+) -> FlowLayerSpec:
+    """The checkpoint's first flow layer, or the paper's initial values."""
+    if checkpoint is None:
+        return paper_layer(ITERATIONS if iters is None else iters, printed_sobel=printed_sobel)
+    if printed_sobel:
+        console.debug("--printed-sobel is implied by --checkpoint")
+    return checkpoint_layer(checkpoint, iters)
+
+
+@dataclass
+class _Methods:
+    """The two flows compared: TV-L1 (backend, params) and the layer (spec) on `device`."""
+
+    backend: str
+    params: TVL1Params
+    spec: FlowLayerSpec
+    device: torch.device
+    layer: RepresentationFlow = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layer = self.spec.build(self.device)
+        with _one_thread(self.device):  # warm-up
+            representation_flow(
+                np.zeros((2, 32, 32), np.float32), self.layer, self.spec.gain, self.device
+            )
+
+
+def _compare_videos(
+    items: list[_Item],
+    kind: str,
+    methods: _Methods,
+    max_frames: int,
+    short_side: int | None,
+    border: int | None,
+) -> tuple[list[VideoResult], list[tuple[str, str]], _Computed | None]:
+    """Every item compared: (results, failed (path, reason), the first one computed).
+
+    A dataset skips a video that cannot be read; a single video or folder raises."""
+    videos: list[VideoResult] = []
+    failed: list[tuple[str, str]] = []
+    shown: _Computed | None = None
+    title = f"compare-tvl1 ({methods.backend})"
+    with console.progress_task(title, total=len(items)) as advance:
+        for item in items:
+            try:
+                computed = _compare_video(
+                    item, backend=methods.backend, params=methods.params, spec=methods.spec,
+                    layer=methods.layer, device=methods.device, max_frames=max_frames,
+                    short_side=short_side, border=border,
+                )  # fmt: skip
+            except VideoReadError as exc:
+                if kind != "dataset":
+                    raise
+                failed.append((str(item.path), exc.reason))
+                console.warn(f"skipped {item.path}: {exc.reason}")
+                advance(status=f"{item.name}: failed")
+                continue
+            videos.append(computed.result)
+            shown = shown or computed
+            advance(status=item.name)
+    return videos, failed, shown
+
+
+def _table9(
+    shown: _Computed, shape: tuple[int, int, int], methods: _Methods, repeats: int
+) -> dict[str, Any]:
+    t, h, w = shape
+    console.info(f"Table-9 timing at {t}x{h}x{w} (TV-L1 + flow CNN, then rep-flow CNN)")
+    return time_table9(
+        shown.frames, shape, backend=methods.backend, params=methods.params,
+        iterations=methods.spec.iterations, repeats=repeats, device=methods.device,
+    )  # fmt: skip

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from vidact.atomic import atomic_path
-from vidact.compare.measure import _Computed
+from vidact.compare_tvl1.measure import _Computed
 from vidact.errors import VidactError
 from vidact.flow.visualize import flow_to_color, make_panel
 

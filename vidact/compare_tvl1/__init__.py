@@ -39,25 +39,25 @@ default). Everything goes to ``report.json``.
 """
 
 # `X as X`: public names of the former single module, importable here but not in __all__.
-from vidact.compare.inputs import DEFAULT_VIDEOS as DEFAULT_VIDEOS
-from vidact.compare.inputs import resolve_input as resolve_input
-from vidact.compare.layers import PIXEL_BUDGET as PIXEL_BUDGET
-from vidact.compare.layers import (
+from vidact.compare_tvl1.inputs import DEFAULT_VIDEOS as DEFAULT_VIDEOS
+from vidact.compare_tvl1.inputs import resolve_input as resolve_input
+from vidact.compare_tvl1.layers import PIXEL_BUDGET as PIXEL_BUDGET
+from vidact.compare_tvl1.layers import (
     FlowLayerSpec,
     checkpoint_layer,
     flow_of_flow,
     paper_layer,
     representation_flow,
 )
-from vidact.compare.measure import MOVING_PX as MOVING_PX
-from vidact.compare.measure import VideoResult
-from vidact.compare.pictures import GIF_FRAME_MS as GIF_FRAME_MS
-from vidact.compare.pictures import TILE_HEIGHT as TILE_HEIGHT
-from vidact.compare.pipeline import DEFAULT_MAX_FRAMES as DEFAULT_MAX_FRAMES
-from vidact.compare.pipeline import CompareResult, compare_tvl1
-from vidact.compare.pipeline import default_out as default_out
-from vidact.compare.timing import DEFAULT_TIMING_SHAPE, parse_shape, time_table9
-from vidact.compare.timing import TIMING_CLASSES as TIMING_CLASSES
+from vidact.compare_tvl1.measure import MOVING_PX as MOVING_PX
+from vidact.compare_tvl1.measure import VideoResult
+from vidact.compare_tvl1.pictures import GIF_FRAME_MS as GIF_FRAME_MS
+from vidact.compare_tvl1.pictures import TILE_HEIGHT as TILE_HEIGHT
+from vidact.compare_tvl1.pipeline import DEFAULT_MAX_FRAMES as DEFAULT_MAX_FRAMES
+from vidact.compare_tvl1.pipeline import CompareResult, compare_tvl1
+from vidact.compare_tvl1.pipeline import default_out as default_out
+from vidact.compare_tvl1.timing import DEFAULT_TIMING_SHAPE, parse_shape, time_table9
+from vidact.compare_tvl1.timing import TIMING_CLASSES as TIMING_CLASSES
 
 __all__ = [
     "DEFAULT_TIMING_SHAPE",

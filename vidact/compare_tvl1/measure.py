@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidact.compare.device import _one_thread, _sync
-from vidact.compare.inputs import _Item, _load_gt, _read_clip, _resize_frames
-from vidact.compare.layers import FlowLayerSpec, flow_of_flow, representation_flow
+from vidact.compare_tvl1.device import _one_thread, _sync
+from vidact.compare_tvl1.inputs import _Item, _load_gt, _read_clip, _resize_frames
+from vidact.compare_tvl1.layers import FlowLayerSpec, flow_of_flow, representation_flow
 from vidact.errors import VidactError
 from vidact.flow.backends import compute_flow, to_gray
 from vidact.flow.metrics import border_mask, cosine_similarity, endpoint_error
