@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vidact.constants import FLOW_BOUND, IMAGENET_MEAN, IMAGENET_STD
+from vidact.data.crops import Crops
 from vidact.errors import RecipeError
 
 BASE_KEY = "_base_"
@@ -156,13 +157,7 @@ class EvalConfig(_Section):
     @field_validator("crops", mode="before")
     @classmethod
     def _check_crops(cls, value: Any) -> str:
-        text = str(value)
-        if text in {"1", "3", "10"}:
-            return text
-        count = text.removeprefix("random:")
-        if text.startswith("random:") and count.isdigit() and int(count) >= 1:
-            return text
-        raise ValueError("crops must be 1, 3, 10 or random:K (K >= 1)")
+        return str(Crops.parse(value))
 
 
 class OutputConfig(_Section):

@@ -9,37 +9,43 @@ import pytest
 import torch
 
 import vidact.data.views as views_module
+from vidact.data.crops import Crops
+from vidact.data.dataset import ClipSpec
 from vidact.data.manifest import Sample
 from vidact.data.transforms import ClipTransform, center_box
-from vidact.data.views import VideoViews, View, ViewSpec, build_views, parse_crops, view_boxes
+from vidact.data.views import VideoViews, View, ViewSpec, build_views, view_boxes
 
 
 def test_parse_crops() -> None:
-    assert parse_crops("1") == ("centre", 1)
-    assert parse_crops("3") == ("three", 3)
-    assert parse_crops("10") == ("ten", 10)
-    assert parse_crops("random:25") == ("random", 25)
+    assert Crops.parse("1") == Crops("centre", 1)
+    assert Crops.parse("3") == Crops("three", 3)
+    assert Crops.parse(10) == Crops("ten", 10)
+    assert Crops.parse("random:25") == Crops("random", 25)
     for bad in ("2", "random:0", "random:x", "five"):
         with pytest.raises(ValueError, match="crops must be"):
-            parse_crops(bad)
+            Crops.parse(bad)
+    for text in ("1", "3", "10", "random:25"):
+        assert str(Crops.parse(text)) == text  # the setting round-trips
+    described = [Crops.parse(t).describe() for t in ("1", "3", "random:1", "random:25")]
+    assert described == ["1 crop", "3 crops", "1 random crops", "25 random crops"]
 
 
 def test_three_crops_run_along_the_long_side() -> None:
     # 320 x 240 landscape at its own scale: left, centre, right, centred vertically.
-    boxes = [v.box for v in view_boxes(240, 320, 240, 240, "3")]
+    boxes = [v.box for v in view_boxes(240, 320, 240, 240, Crops.parse("3"))]
     assert boxes == [(0, 0, 240, 240), (0, 40, 240, 240), (0, 80, 240, 240)]
     # Portrait: top, centre, bottom.
-    boxes = [v.box for v in view_boxes(320, 240, 240, 240, "3")]
+    boxes = [v.box for v in view_boxes(320, 240, 240, 240, Crops.parse("3"))]
     assert boxes == [(0, 0, 240, 240), (40, 0, 240, 240), (80, 0, 240, 240)]
     # With a resize: 48 x 64 -> short side 32 (x 2/3), 24 px crops = 36 source px;
     # in the resized frame lefts 0, 9.33, 18.67 and top 4 -> source 0, 14, 28 and 6.
-    boxes = [v.box for v in view_boxes(48, 64, 32, 24, "3")]
+    boxes = [v.box for v in view_boxes(48, 64, 32, 24, Crops.parse("3"))]
     assert boxes == [(6, 0, 36, 36), (6, 14, 36, 36), (6, 28, 36, 36)]
-    assert not any(v.flip for v in view_boxes(48, 64, 32, 24, "3"))
+    assert not any(v.flip for v in view_boxes(48, 64, 32, 24, Crops.parse("3")))
 
 
 def test_ten_crops_are_four_corners_centre_and_their_flips() -> None:
-    views = view_boxes(48, 64, 32, 24, "10")
+    views = view_boxes(48, 64, 32, 24, Crops.parse("10"))
     assert len(views) == 10
     first, second = views[:5], views[5:]
     assert [v.box for v in first] == [
@@ -57,14 +63,21 @@ def test_ten_crops_are_four_corners_centre_and_their_flips() -> None:
 def test_centre_view_is_the_validation_view() -> None:
     frames = np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
     transform = ClipTransform(train=False, input_size=24, short_side=32)
-    built = build_views(frames, [np.arange(4)], view_boxes(48, 64, 32, 24, "1"), 24, transform)
+    built = build_views(
+        frames, [np.arange(4)], view_boxes(48, 64, 32, 24, Crops.parse("1")), 24, transform
+    )
     assert built.shape == (1, 3, 4, 24, 24)
     assert torch.equal(built[0], transform(frames))
 
 
 def test_random_crops_are_seeded_inside_the_frame_and_differ() -> None:
     def boxes(seed: int) -> list[tuple[int, int, int, int]]:
-        return [v.box for v in view_boxes(48, 64, 32, 24, "random:25", np.random.default_rng(seed))]
+        return [
+            v.box
+            for v in view_boxes(
+                48, 64, 32, 24, Crops.parse("random:25"), np.random.default_rng(seed)
+            )
+        ]
 
     first = boxes(1)
     assert len(first) == 25 and first == boxes(1) and first != boxes(2)
@@ -72,7 +85,7 @@ def test_random_crops_are_seeded_inside_the_frame_and_differ() -> None:
     for top, left, h, w in first:
         assert (h, w) == (36, 36) and 0 <= top <= 12 and 0 <= left <= 28
     with pytest.raises(ValueError, match="generator"):
-        view_boxes(48, 64, 32, 24, "random:3")
+        view_boxes(48, 64, 32, 24, Crops.parse("random:3"))
 
 
 def test_flipped_views_mirror_pixels_and_flow_x() -> None:
@@ -98,9 +111,10 @@ def test_every_view_comes_from_one_decode(monkeypatch: pytest.MonkeyPatch) -> No
         return frames[indices]
 
     monkeypatch.setattr(views_module, "read_frames", fake_read)
-    spec_a = ViewSpec(num_frames=4, sampler="dense", frame_stride=2, clips=4, crops="10",
-                      crop_size=24, short_side=32)  # fmt: skip
-    spec_b = ViewSpec(num_frames=8, clips=2, crops="3", crop_size=16, short_side=32)
+    spec_a = ViewSpec(ClipSpec(num_frames=4, sampler="dense", frame_stride=2), clips=4,
+                      crops=Crops.parse("10"), crop_size=24, short_side=32)  # fmt: skip
+    spec_b = ViewSpec(ClipSpec(num_frames=8), clips=2, crops=Crops.parse("3"), crop_size=16,
+                      short_side=32)  # fmt: skip
     sample = Sample("v.mp4", 0, "a", 30)
     item = VideoViews([sample], "/data", [spec_a, spec_b])[0]
     assert item["error"] == ""
@@ -110,12 +124,14 @@ def test_every_view_comes_from_one_decode(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls[0] == sorted(wanted)
     # Views are clip-major: view 10 is clip 1's top-left crop.
     clip1 = spec_a.clip_indices(30)[1]
-    expected = build_views(frames, [clip1], view_boxes(48, 64, 32, 24, "10"), 24,
+    expected = build_views(frames, [clip1], view_boxes(48, 64, 32, 24, Crops.parse("10")), 24,
                            ClipTransform(train=False))  # fmt: skip
     assert torch.equal(item["views"][0][10:20], expected)
 
 
 def test_a_bad_video_is_an_item_with_its_reason(tmp_path: Path) -> None:
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    item = VideoViews([Sample("bad.mp4", 0, "a", 8)], tmp_path, [ViewSpec(num_frames=2)])[0]
+    item = VideoViews([Sample("bad.mp4", 0, "a", 8)], tmp_path, [ViewSpec(ClipSpec(num_frames=2))])[
+        0
+    ]
     assert item["views"] == [] and item["error"].startswith(str(tmp_path / "bad.mp4"))

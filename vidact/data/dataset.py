@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from vidact.data.sampling import sample_indices
 from vidact.data.transforms import ClipTransform
 from vidact.data.video import read_flow_frames, read_frames
 from vidact.errors import VideoReadError
+
+if TYPE_CHECKING:
+    from vidact.recipe import DataConfig
 
 # How many replacement samples to try before giving up on a batch slot.
 _MAX_REPLACEMENTS = 10
@@ -42,6 +45,14 @@ class ClipSpec:
     frame_stride: int = 1
     modality: str = "rgb"  # rgb | flow | rgb+flow
     video_backend: str | None = None
+
+    @classmethod
+    def from_recipe(cls, data: DataConfig) -> ClipSpec:
+        """The clips of a recipe's data section (for training, validation and the test
+        views alike)."""
+        return cls(
+            data.num_frames, data.sampler, data.frame_stride, data.modality, data.video_backend
+        )
 
 
 class ClipDataset(Dataset[dict[str, Any]]):

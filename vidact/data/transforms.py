@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from vidact.recipe import DataConfig
 
 Box = tuple[int, int, int, int]  # top, left, height, width in source pixels
 _MAX_DISTORT = 1  # TSN: width and height scale indices differ by at most one
@@ -44,6 +48,22 @@ class ClipTransform:
     modality: str = "rgb"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+
+    @classmethod
+    def from_recipe(cls, data: DataConfig, train: bool) -> ClipTransform:
+        """The training (`train`) or validation transform of a recipe's data section; a
+        two-stream clip's flow part gets `dataclasses.replace(t, modality="flow")`."""
+        return cls(
+            train=train,
+            input_size=data.input_size,
+            short_side=data.short_side,
+            crop=data.train_crop,
+            scales=tuple(data.scales),
+            hflip=data.hflip,
+            mean=tuple(data.mean),
+            std=tuple(data.std),
+            modality="flow" if data.modality == "flow" else "rgb",
+        )
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> Tensor:
         height, width = frames.shape[1:3]

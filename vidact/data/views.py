@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,11 +32,16 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
+from vidact.data.crops import CENTRE_CROP, Crops
+from vidact.data.dataset import ClipSpec
 from vidact.data.manifest import Sample
 from vidact.data.sampling import uniform_clip_indices
 from vidact.data.transforms import Box, ClipTransform, _to_source, center_box, crop_resize
 from vidact.data.video import read_flow_frames, read_frames
 from vidact.errors import VideoReadError
+
+if TYPE_CHECKING:
+    from vidact.recipe import DataConfig, EvalConfig
 
 
 @dataclass(frozen=True)
@@ -47,30 +52,19 @@ class View:
     flip: bool = False
 
 
-def parse_crops(crops: str) -> tuple[str, int]:
-    """ "1" | "3" | "10" | "random:K" -> (kind, number of crops)."""
-    text = str(crops)
-    if text in {"1", "3", "10"}:
-        return {"1": "centre", "3": "three", "10": "ten"}[text], int(text)
-    count = text.removeprefix("random:")
-    if text.startswith("random:") and count.isdigit() and int(count) >= 1:
-        return "random", int(count)
-    raise ValueError(f"crops must be 1, 3, 10 or random:K (K >= 1), got {crops!r}")
-
-
 def view_boxes(
     height: int,
     width: int,
     short_side: int,
     crop_size: int,
-    crops: str,
+    crops: Crops,
     rng: np.random.Generator | None = None,
 ) -> list[View]:
     """The spatial views of a `height` x `width` frame (see the module docstring).
 
     "random:K" draws from `rng` (required); the other kinds are deterministic.
     """
-    kind, count = parse_crops(crops)
+    kind, count = crops.kind, crops.count
     if kind == "centre":
         return [View(center_box(height, width, short_side, crop_size))]
     ratio = short_side / min(height, width)
@@ -102,30 +96,70 @@ def view_boxes(
 class ViewSpec:
     """How one model of an evaluation sees a video: its clips, crops and input."""
 
-    num_frames: int
-    sampler: str = "consecutive"
-    frame_stride: int = 1
+    clip: ClipSpec  # frames per clip, sampler, stride, modality
     clips: int = 1
-    crops: str = "1"
+    crops: Crops = CENTRE_CROP
     crop_size: int = 224
     short_side: int = 256
-    modality: str = "rgb"  # rgb | flow | rgb+flow
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
+    @classmethod
+    def from_recipe(cls, data: DataConfig, cfg: EvalConfig) -> ViewSpec:
+        """The test views of a recipe: its data section's clips, its eval section's views
+        (crop size and short side default to the training input size and short side)."""
+        return cls(
+            clip=ClipSpec.from_recipe(data),
+            clips=cfg.clips,
+            crops=Crops.parse(cfg.crops),
+            crop_size=cfg.crop_size or data.input_size,
+            short_side=cfg.short_side or data.short_side,
+            mean=tuple(data.mean),
+            std=tuple(data.std),
+        )
+
+    @property
+    def num_frames(self) -> int:
+        return self.clip.num_frames
+
+    @property
+    def modality(self) -> str:
+        return self.clip.modality
+
     @property
     def num_views(self) -> int:
-        return self.clips * parse_crops(self.crops)[1]
+        return self.clips * self.crops.count
 
     @property
     def channels(self) -> int:
         return {"rgb": 3, "flow": 2, "rgb+flow": 5}[self.modality]
 
+    def describe(self) -> str:
+        """ "4 clips x 3 crops"."""
+        return f"{self.clips} clip{'s' * (self.clips > 1)} x {self.crops.describe()}"
+
+    def key(self) -> dict[str, Any]:
+        """Every field that changes a score, flat (the evaluator's cache key)."""
+        clip = self.clip
+        return {
+            "num_frames": clip.num_frames,
+            "sampler": clip.sampler,
+            "frame_stride": clip.frame_stride,
+            "clips": self.clips,
+            "crops": str(self.crops),
+            "crop_size": self.crop_size,
+            "short_side": self.short_side,
+            "modality": clip.modality,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
     def clip_indices(self, num_frames: int) -> list[np.ndarray]:
         """Frame indices of each test clip (flow frame t is the flow from t to t + 1)."""
-        usable = max(num_frames - 1, 1) if "flow" in self.modality else num_frames
+        clip = self.clip
+        usable = max(num_frames - 1, 1) if "flow" in clip.modality else num_frames
         return uniform_clip_indices(
-            self.sampler, usable, self.num_frames, self.frame_stride, self.clips
+            clip.sampler, usable, clip.num_frames, clip.frame_stride, self.clips
         )
 
 

@@ -20,10 +20,8 @@ and rank 0 reads them all after a barrier, so its metrics are those of one proce
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +33,24 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vidact import console
-from vidact.atomic import atomic_path, atomic_write_text
-from vidact.data.manifest import load_manifest
+from vidact.data.manifest import Sample, load_manifest
 from vidact.data.views import VideoViews, ViewSpec
 from vidact.engine import distributed, report
 from vidact.engine.checkpoint import FORMAT, load_checkpoint
 from vidact.engine.profile import count_macs, count_params, measure_latency
+from vidact.engine.score_cache import (
+    CACHE_VERSION,
+    cache_folder,
+    create_cache,
+    read_cache,
+    sha256_file,
+    write_shard,
+)
 from vidact.engine.trainer import build_model_for
 from vidact.errors import VidactError
 from vidact.recipe import EvalConfig, Recipe, recipe_from_dict
 
-CACHE_VERSION = 1
+__all__ = ["EvalResult", "Member", "evaluate", "load_member", "profile_members", "read_cache"]
 
 
 @dataclass
@@ -81,14 +86,6 @@ class EvalResult:
 
 
 # ------------------------------------------------------------------------------- loading
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _eval_config(recipe: Recipe, settings: dict[str, Any], path: Path) -> EvalConfig:
@@ -134,20 +131,8 @@ def load_member(
         raise VidactError(
             f"{path}: its weights do not fit model '{recipe.model.name}' ({first})"
         ) from None
-    data = recipe.data
-    spec = ViewSpec(
-        num_frames=data.num_frames,
-        sampler=data.sampler,
-        frame_stride=data.frame_stride,
-        clips=cfg.clips,
-        crops=cfg.crops,
-        crop_size=cfg.crop_size or data.input_size,
-        short_side=cfg.short_side or data.short_side,
-        modality=data.modality,
-        mean=tuple(data.mean),
-        std=tuple(data.std),
-    )
-    return Member(path, recipe, cfg, labels, model.eval(), spec, ema, _sha256(path))
+    spec = ViewSpec.from_recipe(recipe.data, cfg)
+    return Member(path, recipe, cfg, labels, model.eval(), spec, ema, sha256_file(path))
 
 
 def split_manifest(recipe: Recipe, split: str) -> Path:
@@ -165,34 +150,6 @@ def default_out(checkpoint: Path, split: str) -> Path:
     parent = checkpoint.parent
     run = parent.parent if parent.name == "checkpoints" else parent
     return run / "eval" / Path(split).stem
-
-
-def view_text(spec: ViewSpec) -> str:
-    crops = spec.crops.replace("random:", "") + (" random" if "random" in spec.crops else "")
-    return f"{spec.clips} clip{'s' * (spec.clips > 1)} x {crops} crop{'s' * (spec.crops != '1')}"
-
-
-# --------------------------------------------------------------------------------- cache
-
-
-def read_cache(cache: Path) -> dict[int, np.ndarray]:
-    """video index -> (models, classes) scores, from every shard in `cache`."""
-    scores: dict[int, np.ndarray] = {}
-    for shard in sorted(cache.glob("scores-*.npz")):
-        with np.load(shard) as data:
-            for index, row in zip(data["indices"].tolist(), data["scores"], strict=True):
-                scores[int(index)] = row
-    return scores
-
-
-def _write_shard(cache: Path, scores: dict[int, np.ndarray]) -> None:
-    if not scores:
-        return
-    indices = sorted(scores)
-    # The first index names the shard: it was not scored before, so no shard has it.
-    with atomic_path(cache / f"scores-{indices[0]:09d}.npz") as tmp:
-        np.savez(tmp, indices=np.array(indices), scores=np.stack([scores[i] for i in indices]))
-    scores.clear()
 
 
 # ------------------------------------------------------------------------------- scoring
@@ -283,7 +240,50 @@ def evaluate(
     given = {"split": split, "clips": clips, "crops": crops, "crop_size": crop_size}
     given |= {"short_side": short_side, "average": average}
     settings = {k: v for k, v in given.items() if v is not None}
-    members = [load_member(Path(p), settings, use_ema, tuple(overrides)) for p in checkpoints]
+    members = load_members(checkpoints, settings, use_ema, tuple(overrides))
+    first = members[0]
+    cfg = first.eval
+    manifest = split_manifest(first.recipe, cfg.split)
+    samples = load_manifest(manifest, check_files=False, num_classes=len(first.labels))
+    out_dir = Path(out) if out is not None else default_out(first.path, cfg.split)
+
+    cache = _open_cache(members, manifest, out_dir, info.is_main)
+    cached = read_cache(cache)
+    todo = [i for i in range(len(samples)) if i not in cached and i % info.world == info.rank]
+    if info.is_main and cached:
+        console.info(f"resuming: {len(cached)} of {len(samples)} videos already scored ({cache})")
+    amp = first.recipe.train.amp if device.type == "cuda" else "none"
+    loop_start = time.perf_counter()
+    scored, failed = score_videos(members, samples, todo, cache, device, amp, save_every)
+    loop_seconds = time.perf_counter() - loop_start
+    all_failed = _gather_failures(failed)
+    distributed.barrier()
+    result = EvalResult(out_dir, cfg.split, {}, scored_now=scored, resumed=len(cached))
+    result.views = [m.spec.describe() for m in members]
+    if not info.is_main:
+        return result
+
+    _fuse(result, read_cache(cache), samples, all_failed, manifest, first.labels)
+    if profile:
+        result.profile = profile_members(members, device, amp)
+        if scored:  # decode + views + forward, as this run went (rank 0's share)
+            for row in result.profile:
+                row["seconds_per_video_end_to_end"] = loop_seconds / scored
+    result.metrics = _metrics(result, members, manifest)
+    fused, labels = result.scores, np.array(result.labels, dtype=np.int64)
+    result.files = report.write_reports(
+        out_dir, result.metrics, result.videos, fused, labels, result.class_names
+    )
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+def load_members(
+    checkpoints: list[Path], settings: dict[str, Any], use_ema: bool | None,
+    overrides: tuple[str, ...],
+) -> list[Member]:  # fmt: skip
+    """Every checkpoint's member; an ensemble's members must share one label map."""
+    members = [load_member(Path(p), settings, use_ema, overrides) for p in checkpoints]
     first = members[0]
     for member in members[1:]:
         if member.labels != first.labels:
@@ -291,34 +291,36 @@ def evaluate(
                 f"{member.path}: its classes differ from those of {first.path}; an ensemble "
                 "needs models trained on the same label map"
             )
-    cfg, data = first.eval, first.recipe.data
-    class_names = first.labels
-    manifest = split_manifest(first.recipe, cfg.split)
-    samples = load_manifest(manifest, check_files=False, num_classes=len(class_names))
-    out_dir = Path(out) if out is not None else default_out(first.path, cfg.split)
+    return members
 
+
+def _open_cache(members: list[Member], manifest: Path, out_dir: Path, is_main: bool) -> Path:
+    """The cache folder of these settings (created by rank 0; every rank waits for it)."""
+    first = members[0]
     key_data = {
         "version": CACHE_VERSION,
-        "manifest": _sha256(manifest),
-        "average": cfg.average,
+        "manifest": sha256_file(manifest),
+        "average": first.eval.average,
         "seed": first.recipe.train.seed,
-        "models": [{"sha256": m.digest, "ema": m.ema, **asdict(m.spec)} for m in members],
+        "models": [{"sha256": m.digest, "ema": m.ema, **m.spec.key()} for m in members],
     }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    cache = out_dir / "cache" / key
-    if info.is_main:
-        cache.mkdir(parents=True, exist_ok=True)
-        settings_file = {**key_data, "checkpoints": [str(m.path) for m in members]}
-        atomic_write_text(cache / "settings.json", json.dumps(settings_file, indent=1) + "\n")
+    cache = cache_folder(out_dir, key_data)
+    if is_main:
+        create_cache(cache, {**key_data, "checkpoints": [str(m.path) for m in members]})
     distributed.barrier()
-    cached = read_cache(cache)
-    todo = [i for i in range(len(samples)) if i not in cached and i % info.world == info.rank]
-    if info.is_main and cached:
-        console.info(f"resuming: {len(cached)} of {len(samples)} videos already scored ({cache})")
+    return cache
 
+
+def score_videos(
+    members: list[Member], samples: list[Sample], todo: list[int], cache: Path,
+    device: torch.device, amp: str, save_every: int,
+) -> tuple[int, list[tuple[int, str]]]:  # fmt: skip
+    """Score the videos `todo` with every member, a shard every `save_every` videos
+    (also when interrupted). Returns (videos scored, [(index, reason) that failed])."""
+    first = members[0]
+    data, cfg = first.recipe.data, first.eval
     for member in members:
         member.model.to(device)
-    amp = first.recipe.train.amp if device.type == "cuda" else "none"
     scorers = [_Scorer(m, cfg.batch_size, device, amp, cfg.average) for m in members]
     videos = VideoViews(
         samples, data.root, [m.spec for m in members], todo, first.recipe.train.seed,
@@ -330,7 +332,7 @@ def evaluate(
     )
     failed: list[tuple[int, str]] = []
     unsaved: dict[int, np.ndarray] = {}
-    scored, loop_start = 0, time.perf_counter()
+    scored = 0
     try:
         with console.progress_task(f"evaluating {cfg.split}", total=len(todo)) as advance:
             for item in loader:
@@ -344,23 +346,22 @@ def evaluate(
                 advance(status=f"{len(failed)} failed" if failed else "")
                 if len(unsaved) >= save_every:
                     scored += len(unsaved)
-                    _write_shard(cache, unsaved)
+                    write_shard(cache, unsaved)
             for scorer in scorers:
                 scorer.run()
             _collect(scorers, unsaved)
     finally:  # also on Ctrl-C: what is scored stays scored
         scored += len(unsaved)
-        _write_shard(cache, unsaved)
-    loop_seconds = time.perf_counter() - loop_start
-    all_failed = _gather_failures(failed)
-    distributed.barrier()
-    result = EvalResult(out_dir, cfg.split, {}, scored_now=scored, resumed=len(cached))
-    result.views = [view_text(m.spec) for m in members]
-    if not info.is_main:
-        return result
+        write_shard(cache, unsaved)
+    return scored, failed
 
-    scores = read_cache(cache)
-    bad = {index for index, _ in all_failed}
+
+def _fuse(
+    result: EvalResult, scores: dict[int, np.ndarray], samples: list[Sample],
+    failed: list[tuple[int, str]], manifest: Path, class_names: list[str],
+) -> None:  # fmt: skip
+    """Fill `result` with the video scores, averaged over the models (CT-Net's EN)."""
+    bad = {index for index, _ in failed}
     missing = [s.path for i, s in enumerate(samples) if i not in scores and i not in bad]
     if missing:
         raise VidactError(f"{len(missing)} videos have no scores (first: {missing[0]}); re-run")
@@ -368,38 +369,33 @@ def evaluate(
     if not kept:
         raise VidactError(
             f"{manifest}: none of its {len(samples)} videos could be decoded (first: "
-            f"{all_failed[0][1]}); check data.root (--set data.root=...) and the videos"
+            f"{failed[0][1]}); check data.root (--set data.root=...) and the videos"
         )
-    fused = np.stack([scores[i].astype(np.float64).mean(axis=0) for i in kept])  # ensemble
-    labels = np.array([samples[i].label for i in kept], dtype=np.int64)
-    metrics = report.compute_metrics(fused, labels, len(class_names))
     result.videos = [samples[i].path for i in kept]
-    result.scores, result.labels = fused, labels.tolist()
+    result.scores = np.stack([scores[i].astype(np.float64).mean(axis=0) for i in kept])
+    result.labels = [samples[i].label for i in kept]
     result.class_names = class_names
-    result.failed = [(samples[i].path, reason) for i, reason in all_failed]
-    if profile:
-        result.profile = profile_members(members, device, amp)
-        if scored:  # decode + views + forward, as this run went (rank 0's share)
-            for row in result.profile:
-                row["seconds_per_video_end_to_end"] = loop_seconds / scored
+    result.failed = [(samples[i].path, reason) for i, reason in failed]
+
+
+def _metrics(result: EvalResult, members: list[Member], manifest: Path) -> dict[str, Any]:
+    """metrics.json: the settings, top-1/top-5/per class, failures and profile."""
+    labels = np.array(result.labels, dtype=np.int64)
+    metrics = report.compute_metrics(result.scores, labels, len(result.class_names))
     for entry in metrics["per_class"]:
-        entry["class"] = class_names[entry["id"]]
-    metrics = {
-        "split": cfg.split,
+        entry["class"] = result.class_names[entry["id"]]
+    return {
+        "split": result.split,
         "manifest": str(manifest),
         "checkpoints": [str(m.path) for m in members],
         "ema": [m.ema for m in members],
         "views": result.views,
-        "average": cfg.average,
+        "average": members[0].eval.average,
         **metrics,
         "failed": len(result.failed),
         "failed_videos": [{"video": v, "reason": r} for v, r in result.failed],
         "profile": result.profile,
     }
-    result.metrics = metrics
-    result.files = report.write_reports(out_dir, metrics, result.videos, fused, labels, class_names)
-    result.seconds = time.perf_counter() - start_time
-    return result
 
 
 def _gflops(macs: float) -> str:

@@ -106,20 +106,8 @@ def build_datasets(recipe: Recipe, root: Path, num_classes: int) -> tuple[ClipDa
         from vidact.data.extract import check_flow_bound
 
         check_flow_bound(root, data.flow_bound)  # flow.json, where `vidact prepare` wrote flow
-    spec = ClipSpec(
-        data.num_frames, data.sampler, data.frame_stride, data.modality, data.video_backend
-    )
-    train_transform = ClipTransform(
-        train=True,
-        input_size=data.input_size,
-        short_side=data.short_side,
-        crop=data.train_crop,
-        scales=tuple(data.scales),
-        hflip=data.hflip,
-        mean=tuple(data.mean),
-        std=tuple(data.std),
-        modality="flow" if data.modality == "flow" else "rgb",
-    )
+    spec = ClipSpec.from_recipe(data)
+    train_transform = ClipTransform.from_recipe(data, train=True)
     train_samples = load_manifest(root / data.train_manifest, num_classes=num_classes)
     val_samples = load_manifest(root / data.val_manifest, num_classes=num_classes)
     seed = recipe.train.seed
