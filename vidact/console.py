@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -25,8 +24,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-T = TypeVar("T")
 
 _state: dict[str, Any] = {"quiet": False, "verbose": False}
 _console = Console(stderr=False, highlight=False)
@@ -66,10 +63,6 @@ def add_log_file(path: str | Path) -> None:
     logger.addHandler(handler)
 
 
-def is_quiet() -> bool:
-    return bool(_state["quiet"])
-
-
 def info(message: str) -> None:
     logger.info(message)
 
@@ -89,7 +82,9 @@ def error_line(message: str) -> None:
     )
 
 
-def _show_progress() -> bool:
+def progress_drawn() -> bool:
+    """Whether progress bars are drawn: not quiet, and stderr is a terminal. Where they
+    are not (a SLURM log, a pipe), long loops log plain lines instead (train.log_every)."""
     return not _state["quiet"] and _err_console.is_terminal
 
 
@@ -106,7 +101,7 @@ def new_progress(transient: bool = False) -> Progress:
         TextColumn("{task.fields[status]}"),
         console=_err_console,
         transient=transient,
-        disable=not _show_progress(),
+        disable=not progress_drawn(),
     )
 
 
@@ -120,20 +115,6 @@ def progress_task(description: str, total: int | None) -> Iterator[Any]:
             bar.update(task, advance=n, status=status)
 
         yield advance
-
-
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate over `items` with a progress bar (silent when quiet or not a terminal)."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with progress_task(description, total) as advance:
-        for item in items:
-            yield item
-            advance()
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
 
 
 configure()

@@ -138,8 +138,10 @@ class TrainConfig(_Section):
     seed: int = 0
     deterministic: bool = False
     val_every: int = Field(1, ge=1)
+    # Where no progress bar is drawn (a SLURM log, a pipe): a progress line every N steps.
     log_every: int = Field(10, ge=1)
     freeze: Literal["none", "backbone", "bn"] = "none"
+    # Stop once more than this share of an epoch's clips failed to decode (1: never).
     max_bad_video_fraction: float = Field(0.1, ge=0, le=1)
 
 
@@ -162,7 +164,8 @@ class EvalConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str = "runs"
-    keep_last: bool = True
+    # Epoch checkpoints (checkpoints/epoch-NNNN.pt) kept besides best.pt and last.pt.
+    keep_last: int = Field(0, ge=0, strict=True)
 
 
 class Recipe(_Section):

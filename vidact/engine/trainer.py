@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import json
 import math
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
 
 from vidact import console
 from vidact.atomic import atomic_write_text
@@ -43,7 +42,6 @@ from vidact.engine import distributed
 from vidact.engine.checkpoint import (
     BEST,
     LAST,
-    find_resume,
     load_checkpoint,
     load_matching,
     rng_state,
@@ -51,9 +49,20 @@ from vidact.engine.checkpoint import (
     set_rng_state,
 )
 from vidact.engine.optim import build_optimizer, build_scheduler
+from vidact.engine.profile import count_params
+from vidact.engine.run_folder import (
+    epoch_checkpoint,
+    prune_epoch_checkpoints,
+    read_metrics,
+    resolve_resume,
+    run_folder,
+    tensorboard_writer,
+    write_metrics,
+)
+from vidact.engine.step_log import StepLog
 from vidact.errors import VidactError
 from vidact.models import _REGISTRY, build_model
-from vidact.recipe import Recipe, recipe_from_dict
+from vidact.recipe import Recipe, TrainConfig, recipe_from_dict
 
 
 class TrainingStopped(VidactError):
@@ -186,6 +195,417 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     return int((top == labels[:, None]).any(dim=1).sum().item())
 
 
+# ---------------------------------------------------------------------- the run's records
+
+
+@dataclass
+class RunState:
+    """Where a run is: what a checkpoint stores besides the weights, and the counters."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch done (> 0 after a stop)
+    step: int = 0  # optimiser steps taken
+    best_top1: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    bad_videos: int = 0  # decode failures seen by this process since it started
+    bad_seen: set[str] = field(default_factory=set)  # each failure is logged once
+
+
+@dataclass
+class Run:
+    """What a run builds once: the model with its DDP and EMA wrappers, the optimiser,
+    schedule, scaler, loaders, and where it writes."""
+
+    recipe: Recipe
+    info: distributed.DistInfo
+    device: torch.device
+    run_dir: Path
+    labels: list[str]
+    model: nn.Module  # the plain model (checkpoints hold its state_dict)
+    net: nn.Module  # what the step runs: the model, or DDP around it
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader[dict[str, Any]]
+    val_loader: DataLoader[dict[str, Any]]
+    writer: Any = None  # tensorboard, on rank 0 when installed
+
+    @property
+    def batches(self) -> EpochBatchSampler:
+        return self.train_loader.batch_sampler  # type: ignore[return-value]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / LAST
+
+
+# --------------------------------------------------------------------------------- train
+
+
+def train(
+    recipe: Recipe,
+    *,
+    resume: str | None = None,
+    output: str | Path | None = None,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """Train `recipe`. `resume`: "auto" or a checkpoint/run folder; `init_from`: weights
+    to fine-tune from (a vidact checkpoint or a plain state_dict; the classifier is
+    replaced when the number of classes differs)."""
+    start_time = time.perf_counter()
+    info = distributed.setup()
+    if not info.is_main:  # one voice: rank 0 logs, draws progress and writes files
+        console.configure(quiet=True)
+    cfg = recipe.train
+    output_path = Path(output) if output is not None else None
+    resume_path = resolve_resume(recipe, resume, output_path)
+    if resume == "auto" and resume_path is None:
+        console.info("--resume auto: no earlier run of this recipe, starting fresh")
+    _seed(cfg)
+    run_dir = run_folder(recipe, output_path, resume_path)
+    run = build_run(recipe, info, run_dir, init_from if resume_path is None else None)
+    state = resume_run(run, resume_path) if resume_path is not None else RunState()
+    if info.is_main:
+        _open_run_folder(run)
+    with _StopSignal() as stop:
+        while state.epoch < cfg.epochs:
+            epoch_start = time.perf_counter()
+            sums = train_one_epoch(run, state, stop)
+            metrics = _epoch_metrics(run, state, sums, time.perf_counter() - epoch_start)
+            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+                metrics.update(validate(run.eval_model, run.val_loader, run.device, cfg.amp))
+            end_epoch(run, state, metrics)
+    if run.writer is not None:
+        run.writer.close()
+    distributed.barrier()
+    return TrainResult(
+        run_dir=run.run_dir,
+        epochs_done=state.epoch,
+        best_top1=state.best_top1,
+        last_metrics=state.last_metrics,
+        seconds=time.perf_counter() - start_time,
+        bad_videos=state.bad_videos,
+        history=state.history,
+        model=run.model,
+    )
+
+
+def _seed(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_run(
+    recipe: Recipe, info: distributed.DistInfo, run_dir: Path, init_from: str | Path | None
+) -> Run:
+    """The dataset (generated when the recipe says so), model, optimiser and loaders."""
+    cfg, data = recipe.train, recipe.data
+    device = distributed.device_for(info)
+    root = ensure_dataset(recipe) if info.is_main else Path(data.root)
+    distributed.barrier()
+    labels = read_label_map(root / data.label_map)
+    num_classes = recipe.model.num_classes or len(labels)
+    if num_classes != len(labels):
+        raise VidactError(
+            f"model.num_classes is {num_classes} but {root / data.label_map} has "
+            f"{len(labels)} classes; remove model.num_classes or fix the label map"
+        )
+    train_set, val_set = build_datasets(recipe, root, num_classes)
+    model = _build_model(recipe, num_classes, device, init_from)
+    net: nn.Module = model
+    if info.enabled:
+        net = DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
+    loaders = [
+        build_loader(
+            dataset, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, workers=data.num_workers,
+            pin_memory=data.pin_memory, rank=info.rank, world=info.world,
+        )
+        for dataset, shuffle in ((train_set, True), (val_set, False))
+    ]  # fmt: skip
+    batches: EpochBatchSampler = loaders[0].batch_sampler  # type: ignore[assignment]
+    optimizer = build_optimizer(model, recipe.optim)
+    scheduler = build_scheduler(optimizer, recipe.schedule, cfg.epochs, batches.batches_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
+    ema = None
+    if cfg.ema:
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+    return Run(
+        recipe, info, device, run_dir, labels, model, net, ema, optimizer, scheduler, scaler,
+        loaders[0], loaders[1],
+    )  # fmt: skip
+
+
+def _build_model(
+    recipe: Recipe, num_classes: int, device: torch.device, init_from: str | Path | None
+) -> nn.Module:
+    """The recipe's model, fine-tuned from `init_from`, frozen as asked, on `device`."""
+    model = build_model_for(recipe, num_classes)
+    fresh: list[str] = []
+    if init_from is not None:
+        source = load_checkpoint(init_from)
+        _, fresh = load_matching(model, source["model"])
+        console.info(f"fine-tuning from {init_from}: {len(fresh)} tensors start fresh")
+    apply_freeze(model, recipe.train.freeze, fresh)
+    model.to(device)
+    if recipe.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _open_run_folder(run: Run) -> None:
+    """recipe.yaml, log.txt and tensorboard in the run folder, and the run's first line."""
+    run_dir = run.run_dir
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "recipe.yaml", run.recipe.to_yaml())
+    console.add_log_file(run_dir / "log.txt")
+    run.writer = tensorboard_writer(run_dir)
+    console.info(
+        f"run folder {run_dir}; {_clips(run.train_loader)} train / "
+        f"{_clips(run.val_loader)} val clips, "
+        f"{len(run.labels)} classes, {count_params(run.model) / 1e6:.2f}M parameters, "
+        f"{run.info.world} process(es) on {run.device}"
+    )
+
+
+def _clips(loader: DataLoader[dict[str, Any]]) -> int:
+    return len(loader.dataset)  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------- resume, checkpoints
+
+
+def resume_run(run: Run, path: Path) -> RunState:
+    """Load the weights, optimiser, schedule, scaler, EMA and RNG states of `path`; the
+    run state to continue from (its metrics.jsonl up to the checkpoint's epoch)."""
+    saved = load_checkpoint(path)
+    if recipe_from_dict(saved["recipe"]).model != run.recipe.model:
+        raise VidactError(f"{path}: its model section differs from this recipe's; cannot resume")
+    run.model.load_state_dict(saved["model"])
+    if run.ema is not None and saved.get("ema") is not None:
+        run.ema.load_state_dict(saved["ema"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    state = RunState(
+        epoch=saved["epoch"],
+        batch_in_epoch=saved.get("batch_in_epoch", 0),
+        step=saved["step"],
+        best_top1=saved.get("metrics", {}).get("best_top1"),
+        history=read_metrics(run.run_dir, saved["epoch"]),
+    )
+    console.info(f"resuming {path} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}")
+    return state
+
+
+def checkpoint_state(run: Run, state: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Everything `resume_run` needs (the format is described in engine/checkpoint.py)."""
+    return {
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        "epoch": state.epoch,
+        "batch_in_epoch": state.batch_in_epoch,
+        "step": state.step,
+        "rng": rng_state(),
+        "recipe": run.recipe.to_dict(),
+        "labels": run.labels,
+        "metrics": {**metrics, "best_top1": state.best_top1},
+    }
+
+
+def save_epoch_checkpoints(run: Run, state: RunState, improved: bool) -> None:
+    """last.pt, best.pt when `improved`, and the epoch's own checkpoint when
+    `output.keep_last` > 0 (the older ones beyond that many are deleted)."""
+    saved = checkpoint_state(run, state, state.last_metrics)
+    save_checkpoint(run.last_path, saved)
+    if improved:
+        save_checkpoint(run.run_dir / "checkpoints" / BEST, saved)
+    keep = run.recipe.output.keep_last
+    if keep > 0:
+        save_checkpoint(epoch_checkpoint(run.run_dir, state.epoch), saved)
+    for path in prune_epoch_checkpoints(run.run_dir, keep):
+        console.debug(f"output.keep_last = {keep}: deleted {path}")
+
+
+# ---------------------------------------------------------------------------- one epoch
+
+
+def train_one_epoch(run: Run, state: RunState, stop: _StopSignal) -> torch.Tensor:
+    """Train on the rest of epoch `state.epoch`; the sums (loss x clips, top-1 correct,
+    clips) over every rank. Stops the run on a stop signal, a non-finite loss or too
+    many clips that failed to decode."""
+    cfg, info = run.recipe.train, run.info
+    run.batches.set_epoch(state.epoch, state.batch_in_epoch)
+    _set_train_mode(run.net, cfg.freeze)
+    steps = run.batches.batches_per_epoch
+    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    failed_in_epoch = 0.0  # decode failures of every rank
+    log = StepLog(cfg.log_every, state.epoch, cfg.epochs, steps, state.batch_in_epoch)
+    with console.progress_task(f"epoch {state.epoch + 1}/{cfg.epochs}", total=steps) as advance:
+        advance(state.batch_in_epoch)
+        for batch in run.train_loader:
+            failures = _failures(batch, state)
+            loss, logits, targets = _forward(run, batch)
+            loss_value = float(loss.detach())
+            # One reduction per step tells every rank about a bad loss, a stop, failures.
+            flags = distributed.all_reduce_sum(
+                torch.tensor(
+                    [float(not math.isfinite(loss_value)), float(stop.requested), failures],
+                    device=run.device,
+                )
+            ).cpu()
+            _check_loss(run, state, loss_value, bool(flags[0] > 0))
+            if flags[1] > 0:
+                _stop(run, state)
+            failed_in_epoch += float(flags[2])
+            _check_bad_videos(run, state, failed_in_epoch)
+            _step(run, loss)
+            state.step += 1
+            state.batch_in_epoch += 1
+            count = len(targets)
+            correct = _topk_correct(logits.detach(), targets, 1)
+            sums += torch.tensor([loss_value * count, correct, count], dtype=torch.float64)
+            mean_loss = float(sums[0]) / max(float(sums[2]), 1)
+            lr = run.optimizer.param_groups[0]["lr"]
+            clips = float(sums[2]) * info.world
+            rate = clips / max(time.perf_counter() - log.started, 1e-9)
+            advance(status=f"loss {mean_loss:.3f}  lr {lr:.2e}  {rate:.1f} clips/s")
+            log.maybe_log(state.step, state.batch_in_epoch, mean_loss, lr, clips)
+    distributed.sync_buffers(run.model)
+    return distributed.all_reduce_sum(sums.to(run.device)).cpu()
+
+
+def _forward(run: Run, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, logits, targets) of one batch, under autocast when asked."""
+    cfg = run.recipe.train
+    clips = batch["clip"].to(run.device, non_blocking=True)
+    targets = batch["label"].to(run.device, non_blocking=True)
+    if cfg.channels_last and clips.ndim == 5:
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+    with _autocast(run.device, cfg.amp):
+        logits = run.net(clips)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+    return loss, logits, targets
+
+
+def _step(run: Run, loss: torch.Tensor) -> None:
+    """Backward through the scaler, unscale + clip the gradient norm, step, schedule, EMA."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    clip_norm = run.recipe.optim.clip_grad_norm
+    if clip_norm is not None:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), clip_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+
+
+def _failures(batch: dict[str, Any], state: RunState) -> int:
+    """Count (and log once each) the videos of `batch` that failed to decode."""
+    lines = [line for line in "\n".join(batch["failed"]).splitlines() if line]
+    for line in lines:
+        if line not in state.bad_seen:
+            state.bad_seen.add(line)
+            console.warn(f"skipped a video that failed to decode: {line}")
+    state.bad_videos += len(lines)
+    return len(lines)
+
+
+def _check_loss(run: Run, state: RunState, loss: float, any_rank_bad: bool) -> None:
+    if any_rank_bad:
+        raise VidactError(
+            f"the loss became {loss} at epoch {state.epoch + 1}, step {state.step + 1}; "
+            f"the last good checkpoint is {run.last_path} "
+            "(try a lower optim.lr or set optim.clip_grad_norm)"
+        )
+
+
+def _stop(run: Run, state: RunState) -> None:
+    """A stop signal: save last.pt mid-epoch (resumable at this batch) and stop."""
+    if run.info.is_main:
+        save_checkpoint(run.last_path, checkpoint_state(run, state, state.last_metrics))
+    raise TrainingStopped(
+        f"stopped at epoch {state.epoch + 1}, batch {state.batch_in_epoch}; checkpoint "
+        f"saved in {run.last_path}; resume with --resume auto"
+    )
+
+
+def _check_bad_videos(run: Run, state: RunState, failed: float) -> None:
+    """train.max_bad_video_fraction: stop once more than that share of the epoch's clips
+    failed to decode (1 never stops). Each failure was replaced by another clip."""
+    fraction = run.recipe.train.max_bad_video_fraction
+    clips = _clips(run.train_loader)
+    if fraction < 1 and failed > fraction * clips:
+        raise VidactError(
+            f"{failed:.0f} videos failed to decode in epoch {state.epoch + 1}, more than "
+            f"train.max_bad_video_fraction = {fraction:g} of its {clips} clips; the warnings "
+            f"above name them; fix or remove them (vidact prepare), or raise the fraction "
+            f"(the last good checkpoint is {run.last_path})"
+        )
+
+
+# ---------------------------------------------------------------------- end of an epoch
+
+
+def _epoch_metrics(run: Run, state: RunState, sums: torch.Tensor, seconds: float) -> dict[str, Any]:
+    """The epoch's training metrics (the counters move on to the next epoch)."""
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    count = max(float(sums[2]), 1.0)
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "train_loss": float(sums[0]) / count,
+        "train_top1": 100.0 * float(sums[1]) / count,
+        "train_clips": int(sums[2]),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": seconds,
+        "bad_videos": state.bad_videos,
+    }
+
+
+def end_epoch(run: Run, state: RunState, metrics: dict[str, Any]) -> None:
+    """Best top-1, metrics.jsonl, checkpoints, tensorboard and the epoch's log line."""
+    state.last_metrics = metrics
+    improved = "val_top1" in metrics and (
+        state.best_top1 is None or metrics["val_top1"] > state.best_top1
+    )
+    if improved:
+        state.best_top1 = metrics["val_top1"]
+    state.history.append(metrics)
+    if not run.info.is_main:
+        return
+    write_metrics(run.run_dir, state.history)
+    save_epoch_checkpoints(run, state, improved)
+    if run.writer is not None:
+        for key, value in metrics.items():
+            run.writer.add_scalar(key, value, state.epoch)
+    console.info(_epoch_line(metrics, run.recipe.train.epochs, state.bad_videos))
+
+
+# ------------------------------------------------------------------------------ validate
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module, loader: Any, device: torch.device, amp: str = "none"
@@ -212,308 +632,6 @@ def validate(
         "val_top5": 100.0 * float(totals[2]) / count,
         "val_count": float(totals[3]),
     }
-
-
-def _run_dir(recipe: Recipe, output: Path | None, resume: Path | None) -> Path:
-    if resume is not None:
-        return resume.parent.parent
-    if output is not None:
-        return output
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(recipe.output.dir) / recipe.name / stamp
-
-
-def _resolve_resume(recipe: Recipe, resume: str | None, output: Path | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume != "auto":
-        path = Path(resume)
-        if path.is_dir():
-            path = path / "checkpoints" / LAST
-        if not path.is_file():
-            raise VidactError(f"--resume {resume}: no checkpoint there")
-        return path
-    if output is not None:
-        found = output / "checkpoints" / LAST
-        return found if found.is_file() else None
-    return find_resume(Path(recipe.output.dir) / recipe.name)
-
-
-def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
-
-
-def _read_metrics(run_dir: Path, up_to_epoch: int) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [m for m in lines if m.get("epoch", 0) <= up_to_epoch]
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional: pip install 'vidact[tensorboard]'
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-# --------------------------------------------------------------------------------- train
-
-
-def train(
-    recipe: Recipe,
-    *,
-    resume: str | None = None,
-    output: str | Path | None = None,
-    init_from: str | Path | None = None,
-) -> TrainResult:
-    """Train `recipe`. `resume`: "auto" or a checkpoint/run folder; `init_from`: weights
-    to fine-tune from (a vidact checkpoint or a plain state_dict; the classifier is
-    replaced when the number of classes differs)."""
-    start_time = time.perf_counter()
-    info = distributed.setup()
-    device = distributed.device_for(info)
-    if not info.is_main:  # one voice: rank 0 logs, draws progress and writes files
-        console.configure(quiet=True)
-    cfg = recipe.train
-    output_path = Path(output) if output is not None else None
-    resume_path = _resolve_resume(recipe, resume, output_path)
-    if resume == "auto" and resume_path is None:
-        console.info("--resume auto: no earlier run of this recipe, starting fresh")
-    run_dir = _run_dir(recipe, output_path, resume_path)
-
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-    root = ensure_dataset(recipe) if info.is_main else Path(recipe.data.root)
-    distributed.barrier()
-    labels = read_label_map(root / recipe.data.label_map)
-    num_classes = recipe.model.num_classes or len(labels)
-    if num_classes != len(labels):
-        raise VidactError(
-            f"model.num_classes is {num_classes} but {root / recipe.data.label_map} has "
-            f"{len(labels)} classes; remove model.num_classes or fix the label map"
-        )
-    train_set, val_set = build_datasets(recipe, root, num_classes)
-
-    model = build_model_for(recipe, num_classes)
-    fresh: list[str] = []
-    if init_from is not None and resume_path is None:
-        source = load_checkpoint(init_from)
-        _, fresh = load_matching(model, source["model"])
-        console.info(f"fine-tuning from {init_from}: {len(fresh)} tensors start fresh")
-    apply_freeze(model, cfg.freeze, fresh)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if info.enabled:
-        net = DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
-        )
-
-    train_loader = build_loader(
-        train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=recipe.data.num_workers,
-        pin_memory=recipe.data.pin_memory, rank=info.rank, world=info.world,
-    )  # fmt: skip
-    val_loader = build_loader(
-        val_set, cfg.batch_size, shuffle=False, seed=cfg.seed, workers=recipe.data.num_workers,
-        pin_memory=recipe.data.pin_memory, rank=info.rank, world=info.world,
-    )  # fmt: skip
-    batches: EpochBatchSampler = train_loader.batch_sampler  # type: ignore[assignment]
-    steps_per_epoch = batches.batches_per_epoch
-
-    optimizer = build_optimizer(model, recipe.optim)
-    scheduler = build_scheduler(optimizer, recipe.schedule, cfg.epochs, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        if cfg.ema
-        else None
-    )
-
-    epoch, batch_in_epoch, step = 0, 0, 0
-    best_top1: float | None = None
-    history: list[dict[str, Any]] = []
-    if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        model.load_state_dict(state["model"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        epoch, batch_in_epoch, step = state["epoch"], state.get("batch_in_epoch", 0), state["step"]
-        best_top1 = state.get("metrics", {}).get("best_top1")
-        set_rng_state(state["rng"])
-        history = _read_metrics(run_dir, epoch)
-        console.info(f"resuming {resume_path} at epoch {epoch + 1}, batch {batch_in_epoch}")
-        if recipe_from_dict(state["recipe"]).model != recipe.model:
-            raise VidactError(
-                f"{resume_path}: its model section differs from this recipe's; cannot resume"
-            )
-
-    writer = None
-    if info.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-        console.add_log_file(run_dir / "log.txt")
-        writer = _tensorboard(run_dir)
-        console.info(
-            f"run folder {run_dir}; {len(train_set)} train / {len(val_set)} val clips, "
-            f"{num_classes} classes, {_millions(model)}M parameters, "
-            f"{info.world} process(es) on {device}"
-        )
-
-    def checkpoint_state(metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "step": step,
-            "rng": rng_state(),
-            "recipe": recipe.to_dict(),
-            "labels": labels,
-            "metrics": {**metrics, "best_top1": best_top1},
-        }
-
-    bad_seen: set[str] = set()
-    bad_total = 0
-    last_metrics: dict[str, float] = {}
-    eval_model: nn.Module = ema.module if ema is not None else model
-    with _StopSignal() as stop:
-        while epoch < cfg.epochs:
-            batches.set_epoch(epoch, batch_in_epoch)
-            _set_train_mode(net, cfg.freeze)
-            sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-            epoch_start = time.perf_counter()
-            with console.progress_task(
-                f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch
-            ) as advance:
-                advance(batch_in_epoch)
-                for batch in train_loader:
-                    clips = batch["clip"].to(device, non_blocking=True)
-                    targets = batch["label"].to(device, non_blocking=True)
-                    if cfg.channels_last and clips.ndim == 5:
-                        clips = clips.contiguous(memory_format=torch.channels_last_3d)
-                    with _autocast(device, cfg.amp):
-                        logits = net(clips)
-                        loss = F.cross_entropy(
-                            logits.float(), targets, label_smoothing=cfg.label_smoothing
-                        )
-                    loss_value = float(loss.detach())
-                    # One reduction per step tells every rank about a bad loss or a stop.
-                    flags = distributed.all_reduce_sum(
-                        torch.tensor(
-                            [float(not math.isfinite(loss_value)), float(stop.requested)],
-                            device=device,
-                        )
-                    )
-                    if flags[0] > 0:
-                        raise VidactError(
-                            f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
-                            f"the last good checkpoint is {run_dir / 'checkpoints' / LAST} "
-                            "(try a lower optim.lr or set optim.clip_grad_norm)"
-                        )
-                    if flags[1] > 0:
-                        if info.is_main:
-                            save_checkpoint(
-                                run_dir / "checkpoints" / LAST, checkpoint_state(last_metrics)
-                            )
-                        raise TrainingStopped(
-                            f"stopped at epoch {epoch + 1}, batch {batch_in_epoch}; checkpoint "
-                            f"saved in {run_dir / 'checkpoints' / LAST}; resume with --resume auto"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if recipe.optim.clip_grad_norm is not None:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.clip_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    if ema is not None:
-                        ema.update_parameters(model)
-                    step += 1
-                    batch_in_epoch += 1
-                    sums += torch.tensor(
-                        [
-                            loss_value * len(targets),
-                            _topk_correct(logits.detach(), targets, 1),
-                            len(targets),
-                        ],
-                        dtype=torch.float64,
-                    )
-                    for line in filter(None, "\n".join(batch["failed"]).splitlines()):
-                        bad_total += 1
-                        if line not in bad_seen:
-                            bad_seen.add(line)
-                            console.warn(f"skipped a video that failed to decode: {line}")
-                    rate = float(sums[2]) / max(time.perf_counter() - epoch_start, 1e-9)
-                    advance(
-                        status=f"loss {float(sums[0]) / max(float(sums[2]), 1):.3f}  "
-                        f"lr {optimizer.param_groups[0]['lr']:.2e}  {rate * info.world:.1f} clips/s"
-                    )
-            sums = distributed.all_reduce_sum(sums.to(device)).cpu()
-            distributed.sync_buffers(model)
-            epoch += 1
-            batch_in_epoch = 0
-            metrics: dict[str, Any] = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": float(sums[0]) / max(float(sums[2]), 1.0),
-                "train_top1": 100.0 * float(sums[1]) / max(float(sums[2]), 1.0),
-                "train_clips": int(sums[2]),
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_seconds": time.perf_counter() - epoch_start,
-                "bad_videos": bad_total,
-            }
-            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                metrics.update(validate(eval_model, val_loader, device, cfg.amp))
-            last_metrics = metrics
-            improved = "val_top1" in metrics and (
-                best_top1 is None or metrics["val_top1"] > best_top1
-            )
-            if improved:
-                best_top1 = metrics["val_top1"]
-            history.append(metrics)
-            if info.is_main:
-                _write_metrics(run_dir, history)
-                state = checkpoint_state(metrics)
-                save_checkpoint(run_dir / "checkpoints" / LAST, state)
-                if improved:
-                    save_checkpoint(run_dir / "checkpoints" / BEST, state)
-                if writer is not None:
-                    for key, value in metrics.items():
-                        writer.add_scalar(key, value, epoch)
-                console.info(_epoch_line(metrics, cfg.epochs, bad_total))
-    if writer is not None:
-        writer.close()
-    distributed.barrier()
-    return TrainResult(
-        run_dir=run_dir,
-        epochs_done=epoch,
-        best_top1=best_top1,
-        last_metrics=last_metrics,
-        seconds=time.perf_counter() - start_time,
-        bad_videos=bad_total,
-        history=history,
-        model=model,
-    )
-
-
-def _millions(model: nn.Module) -> str:
-    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}"
 
 
 def _epoch_line(metrics: dict[str, Any], epochs: int, bad: int) -> str:
