@@ -203,3 +203,92 @@ def test_two_gloo_processes_end_with_identical_weights(
     # 20 training clips over 2 ranks: every clip exactly once per epoch; val counted once.
     assert all(m["train_clips"] == 20 and m["val_count"] == 4 for m in lines)
     assert not (tmp_path / "runs").exists()  # only the chosen run folder, written by rank 0
+
+
+# ------------------------------------------- train.log_every, max_bad_video_fraction, keep_last
+
+
+def test_step_log_line_has_loss_lr_rate_and_etas(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vidact.engine.step_log as step_log
+
+    now = {"t": 100.0}
+    monkeypatch.setattr(step_log.time, "perf_counter", lambda: now["t"])
+    log = step_log.StepLog(every=5, epoch=0, epochs=3, steps_per_epoch=10, enabled=True)
+    now["t"] = 110.0  # 5 batches in 10 s: 2 s a step
+    assert log.line(step=4, batch=4, loss=1.0, lr=0.1, clips=40) is None  # not due
+    # 5 steps left in this epoch (10 s), then 2 more epochs of 10 steps (40 s).
+    assert log.line(step=5, batch=5, loss=1.23456, lr=0.1, clips=40) == (
+        "epoch 1/3, step 5/10: loss 1.235, lr 1.00e-01, 4.0 clips/s, ETA epoch 0:00:10, run 0:00:50"
+    )
+    resumed = step_log.StepLog(5, 2, 3, 10, first_batch=6, enabled=True)  # last epoch
+    now["t"] = 118.0  # 4 batches (7..10) in 8 s
+    assert resumed.line(30, 10, 0.5, 0.001, 16).endswith("ETA epoch 0:00:00, run 0:00:00")
+    assert step_log.StepLog(1, 0, 1, 10, enabled=False).line(1, 1, 0.0, 0.1, 4) is None
+
+
+def test_log_every_prints_progress_lines_only_without_a_progress_bar(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from vidact import console
+
+    result = train(make_recipe(synthetic_root, tmp_path / "a", train__log_every=2))
+    lines = re.findall(
+        r"epoch (\d)/2, step (\d)/5: loss \d+\.\d{3}, lr \S+, \S+ clips/s, "
+        r"ETA epoch \d+:\d\d:\d\d, run \d+:\d\d:\d\d",
+        (result.run_dir / "log.txt").read_text(),
+    )
+    # 5 steps an epoch, global steps 2, 4, 6, 8, 10.
+    assert lines == [("1", "2"), ("1", "4"), ("2", "1"), ("2", "3"), ("2", "5")]
+    monkeypatch.setattr(console, "progress_drawn", lambda: True)  # a terminal: the bar
+    drawn = train(make_recipe(synthetic_root, tmp_path / "b", train__log_every=2))
+    assert "clips/s" not in (drawn.run_dir / "log.txt").read_text()
+
+
+def _with_bad_videos(synthetic_root: Path, tmp_path: Path, bad: list[int]) -> Path:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    for index in bad:
+        (root / read_manifest(root / "train.jsonl")[index].path).write_bytes(b"garbage")
+    return root
+
+
+def test_max_bad_video_fraction_stops_training_with_a_clear_line(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    root = _with_bad_videos(synthetic_root, tmp_path, [0, 5])  # 2 of 20 clips
+    # 2 failures > 0.05 x 20: stops during epoch 1, before any checkpoint.
+    recipe = make_recipe(root, tmp_path / "runs", train__max_bad_video_fraction=0.05)
+    with pytest.raises(VidactError, match=r"decode failures in epoch 1, more than train\."):
+        train(recipe)
+    assert not list((tmp_path / "runs").rglob("*.pt"))
+    with pytest.raises(VidactError, match="max_bad_video_fraction = 0 of its 20 clips"):
+        train(make_recipe(root, tmp_path / "zero", train__max_bad_video_fraction=0.0))
+    # 2 failures are not more than 0.1 x 20; fraction 1 never stops.
+    for fraction in (0.1, 1.0):
+        kept = make_recipe(root, tmp_path / f"ok{fraction}", train__max_bad_video_fraction=fraction)
+        assert train(kept).epochs_done == 2
+
+
+def test_keep_last_keeps_that_many_epoch_checkpoints(synthetic_root: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(synthetic_root, tmp_path / "runs", train__epochs=3, output__keep_last=2)
+    run = train(recipe).run_dir / "checkpoints"
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["best.pt", "epoch-0002.pt", "epoch-0003.pt", "last.pt"]
+    assert load_checkpoint(run / "epoch-0002.pt")["epoch"] == 2
+    last, third = load_checkpoint(run / "last.pt"), load_checkpoint(run / "epoch-0003.pt")
+    assert third["epoch"] == 3 and _state_close(third["model"], last["model"])
+    # Resuming with a smaller count prunes the older ones; 0 (the default) keeps none.
+    more = make_recipe(synthetic_root, tmp_path / "runs", train__epochs=4, output__keep_last=1)
+    train(more, resume="auto")
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "epoch-0004.pt", "last.pt"]
+    plain = train(make_recipe(synthetic_root, tmp_path / "plain", train__epochs=1))
+    assert sorted(p.name for p in (plain.run_dir / "checkpoints").iterdir()) == [
+        "best.pt",
+        "last.pt",
+    ]
+    with pytest.raises(VidactError, match="'output.keep_last' must be an integer, got True"):
+        make_recipe(synthetic_root, tmp_path, output__keep_last=True)

@@ -33,7 +33,7 @@ class StepLog:
     steps_per_epoch: int
     first_batch: int = 0  # where a resumed epoch starts
     enabled: bool = field(default_factory=lambda: not console.progress_drawn())
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=lambda: time.perf_counter())
 
     def line(self, step: int, batch: int, loss: float, lr: float, clips: float) -> str | None:
         """The line after global step `step` (batch `batch` of the epoch done), or None

@@ -557,10 +557,10 @@ def _check_bad_videos(run: Run, state: RunState, failed: float) -> None:
     clips = _clips(run.train_loader)
     if fraction < 1 and failed > fraction * clips:
         raise VidactError(
-            f"{failed:.0f} videos failed to decode in epoch {state.epoch + 1}, more than "
-            f"train.max_bad_video_fraction = {fraction:g} of its {clips} clips; the warnings "
-            f"above name them; fix or remove them (vidact prepare), or raise the fraction "
-            f"(the last good checkpoint is {run.last_path})"
+            f"{failed:.0f} decode failures in epoch {state.epoch + 1}, more than "
+            f"train.max_bad_video_fraction = {fraction:g} of its {clips} clips (the warnings "
+            "above name the videos); fix or remove them, or raise the fraction; the last good "
+            f"checkpoint is {run.last_path}"
         )
 
 
