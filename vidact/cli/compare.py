@@ -9,6 +9,7 @@ import typer
 
 from vidact import console
 from vidact.cli.app import app, user_errors
+from vidact.constants import FLOW_BACKENDS
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -157,7 +158,7 @@ def compare_tvl1_command(
     checkpoint: CheckpointOption = None,
     iters: ItersOption = None,
     backend: Annotated[
-        str, typer.Option(help="TV-L1 backend: auto, torch, opencv-cuda or opencv.")
+        str, typer.Option(help=f"TV-L1 backend: {', '.join(FLOW_BACKENDS)}.")
     ] = "auto",
     out: Annotated[
         Path | None,

@@ -9,7 +9,7 @@ import torch
 
 
 @contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
+def one_thread(device: torch.device) -> Iterator[None]:
     """One torch intra-op thread on CPU (restored after): the layer's ops are small, and
     with 2 threads on a busy CPU every op can stall on a descheduled OpenMP thread (we
     measured 10-60x slower runs of the layer; the TV-L1 torch backend does the same)."""
@@ -24,6 +24,6 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -19,7 +19,7 @@ _MANIFEST_ORDER = ("val", "test", "train")  # which manifest of a dataset folder
 
 
 @dataclass(frozen=True)
-class _Item:
+class InputItem:
     path: Path
     name: str
     gt_flow: Path | None = None
@@ -47,9 +47,9 @@ def _pick_manifest(root: Path, split: str | None) -> Path:
     return manifests[0]
 
 
-def _item(root: Path, sample: Sample) -> _Item:
+def _item(root: Path, sample: Sample) -> InputItem:
     gt = root / sample.gt_flow if sample.gt_flow else None
-    return _Item(root / sample.path, sample.path, gt, sample.start)
+    return InputItem(root / sample.path, sample.path, gt, sample.start)
 
 
 def _spread(count: int, k: int) -> list[int]:
@@ -76,7 +76,7 @@ def _sample_of(video: Path, levels: int = 4) -> tuple[Path, Sample] | None:
 
 def resolve_input(
     path: str | Path, num_videos: int = DEFAULT_VIDEOS, split: str | None = None
-) -> tuple[str, list[_Item]]:
+) -> tuple[str, list[InputItem]]:
     """INPUT -> (kind, items): "video", "frames" (a JPEG frame folder) or "dataset" (a
     prepared dataset folder: `num_videos` spread over a manifest, val first)."""
     path = Path(path)
@@ -87,9 +87,9 @@ def resolve_input(
         if found is not None:
             root, sample = found
             return "video", [_item(root, sample)]
-        return "video", [_Item(path, path.name)]
+        return "video", [InputItem(path, path.name)]
     if _is_frame_folder(path):
-        return "frames", [_Item(path, path.name)]
+        return "frames", [InputItem(path, path.name)]
     if any(path.glob("*.jsonl")):
         if num_videos < 1:
             raise VidactError(f"--videos {num_videos}: must be at least 1")
@@ -104,7 +104,7 @@ def resolve_input(
     )
 
 
-def _read_clip(item: _Item, max_frames: int) -> tuple[np.ndarray, int]:
+def read_clip(item: InputItem, max_frames: int) -> tuple[np.ndarray, int]:
     """Up to `max_frames` consecutive frames from the item's start -> (frames, first index)."""
     info = probe(item.path)
     first = 0
@@ -116,7 +116,7 @@ def _read_clip(item: _Item, max_frames: int) -> tuple[np.ndarray, int]:
     return read_frames(item.path, range(first, first + count)), first
 
 
-def _resize_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
+def resize_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
     h, w = frames.shape[1:3]
     scale = short_side / min(h, w)
     if scale == 1.0:
@@ -138,8 +138,8 @@ def _resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _load_gt(
-    item: _Item, first: int, count: int, height: int, width: int
+def load_gt(
+    item: InputItem, first: int, count: int, height: int, width: int
 ) -> tuple[list[int], np.ndarray] | None:
     """Stored exact flow of the pairs inside the frames read -> (pair indices relative to
     the first frame read, (G, H, W, 2) flow), or None."""

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidact.compare_tvl1.device import _one_thread, _sync
-from vidact.compare_tvl1.inputs import _Item, _load_gt, _read_clip, _resize_frames
+from vidact.compare_tvl1.device import one_thread, sync
+from vidact.compare_tvl1.inputs import InputItem, load_gt, read_clip, resize_frames
 from vidact.compare_tvl1.layers import FlowLayerSpec, flow_of_flow, representation_flow
 from vidact.errors import VidactError
 from vidact.flow.backends import compute_flow, to_gray
@@ -61,10 +61,10 @@ class VideoResult:
         d["pairs"] = self.pairs
         d["tvl1_ms_per_pair"] = self.tvl1_ms_per_pair
         d["repflow_ms_per_pair"] = self.repflow_ms_per_pair
-        return {k: _finite(v) for k, v in d.items()}
+        return {k: finite(v) for k, v in d.items()}
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """NaN/inf -> None, so report.json is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -77,8 +77,8 @@ def _cos(flow: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float | None:
 
 
 @dataclass
-class _Computed:
-    item: _Item
+class Computed:
+    item: InputItem
     frames: np.ndarray
     tvl1: np.ndarray
     rep: np.ndarray
@@ -87,8 +87,8 @@ class _Computed:
     result: VideoResult
 
 
-def _compare_video(
-    item: _Item,
+def compare_video(
+    item: InputItem,
     *,
     backend: str,
     params: TVL1Params,
@@ -98,27 +98,27 @@ def _compare_video(
     max_frames: int,
     short_side: int | None,
     border: int | None,
-) -> _Computed:
-    frames, first = _read_clip(item, max_frames)
+) -> Computed:
+    frames, first = read_clip(item, max_frames)
     if short_side is not None:
-        frames = _resize_frames(frames, short_side)
+        frames = resize_frames(frames, short_side)
     t, h, w = frames.shape[:3]
 
     start = time.perf_counter()
     tvl1 = compute_flow(frames, backend=backend, params=params)
     tvl1_ms = (time.perf_counter() - start) * 1e3
 
-    with _one_thread(device):
-        _sync(device)
+    with one_thread(device):
+        sync(device)
         start = time.perf_counter()
         gray, _ = to_gray(frames)
         rep = representation_flow(gray, layer, spec.gain, device)
-        _sync(device)
+        sync(device)
         rep_ms = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
         fof = flow_of_flow(rep, layer, spec.gain, device)
-        _sync(device)
+        sync(device)
         fof_ms = (time.perf_counter() - start) * 1e3
 
     margin = _border(h, w, border)
@@ -135,7 +135,7 @@ def _compare_video(
         epe_vs_tvl1=endpoint_error(rep, tvl1, mask),
         cos_vs_tvl1=_cos(rep, tvl1, mask),
     )
-    gt = _load_gt(item, first, t, h, w)
+    gt = load_gt(item, first, t, h, w)
     if gt is not None:
         pairs, exact = gt
         result.gt_pairs = pairs
@@ -144,7 +144,7 @@ def _compare_video(
         result.repflow_epe_gt = endpoint_error(rep[pairs], exact, mask)
         result.tvl1_cos_gt = _cos(tvl1[pairs], exact, mask)
         result.repflow_cos_gt = _cos(rep[pairs], exact, mask)
-    return _Computed(item, frames, tvl1, rep, fof, gt, result)
+    return Computed(item, frames, tvl1, rep, fof, gt, result)
 
 
 def _border(height: int, width: int, border: int | None) -> int:

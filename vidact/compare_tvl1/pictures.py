@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from vidact.atomic import atomic_path
-from vidact.compare_tvl1.measure import _Computed
+from vidact.compare_tvl1.measure import Computed
 from vidact.errors import VidactError
 from vidact.flow.visualize import flow_to_color, make_panel
 
@@ -58,7 +58,7 @@ def _default_pair(pairs: int, gt: tuple[list[int], np.ndarray] | None) -> int:
     return with_fof[len(with_fof) // 2]
 
 
-def _write_pictures(c: _Computed, out: Path, pair: int | None, iterations: int) -> dict[str, Any]:
+def write_pictures(c: Computed, out: Path, pair: int | None, iterations: int) -> dict[str, Any]:
     pairs = c.rep.shape[0]
     if pair is None:
         pair = _default_pair(pairs, c.gt)

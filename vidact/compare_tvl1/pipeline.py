@@ -16,16 +16,16 @@ import torch
 
 from vidact import console
 from vidact.atomic import atomic_write_text
-from vidact.compare_tvl1.device import _one_thread
-from vidact.compare_tvl1.inputs import DEFAULT_VIDEOS, _Item, resolve_input
+from vidact.compare_tvl1.device import one_thread
+from vidact.compare_tvl1.inputs import DEFAULT_VIDEOS, InputItem, resolve_input
 from vidact.compare_tvl1.layers import (
     FlowLayerSpec,
     checkpoint_layer,
     paper_layer,
     representation_flow,
 )
-from vidact.compare_tvl1.measure import MOVING_PX, VideoResult, _compare_video, _Computed, _finite
-from vidact.compare_tvl1.pictures import _write_pictures
+from vidact.compare_tvl1.measure import MOVING_PX, Computed, VideoResult, compare_video, finite
+from vidact.compare_tvl1.pictures import write_pictures
 from vidact.compare_tvl1.timing import DEFAULT_TIMING_SHAPE, time_table9
 from vidact.errors import VidactError, VideoReadError
 from vidact.flow.backends import resolve_backend
@@ -148,7 +148,7 @@ def compare_tvl1(
             f"{input}: none of the {len(items)} video(s) could be read "
             f"(first: {failed[0][0]}: {failed[0][1]})"
         )
-    pictures = _write_pictures(shown, out_dir, pair, methods.spec.iterations)
+    pictures = write_pictures(shown, out_dir, pair, methods.spec.iterations)
     timing = None
     if timing_shape is not None:
         timing = _table9(shown, timing_shape, methods, timing_repeats)
@@ -163,7 +163,7 @@ def compare_tvl1(
         "device": str(dev),
         "layer_torch_threads": 1 if dev.type == "cpu" else None,
         "cosine_min_px": MOVING_PX,
-        "summary": {k: _finite(v) for k, v in summary.items()},
+        "summary": {k: finite(v) for k, v in summary.items()},
         "videos": [v.to_json() for v in videos],
         "failed": [{"path": p, "reason": r} for p, r in failed],
         "pictures": pictures,
@@ -213,31 +213,31 @@ class _Methods:
 
     def __post_init__(self) -> None:
         self.layer = self.spec.build(self.device)
-        with _one_thread(self.device):  # warm-up
+        with one_thread(self.device):  # warm-up
             representation_flow(
                 np.zeros((2, 32, 32), np.float32), self.layer, self.spec.gain, self.device
             )
 
 
 def _compare_videos(
-    items: list[_Item],
+    items: list[InputItem],
     kind: str,
     methods: _Methods,
     max_frames: int,
     short_side: int | None,
     border: int | None,
-) -> tuple[list[VideoResult], list[tuple[str, str]], _Computed | None]:
+) -> tuple[list[VideoResult], list[tuple[str, str]], Computed | None]:
     """Every item compared: (results, failed (path, reason), the first one computed).
 
     A dataset skips a video that cannot be read; a single video or folder raises."""
     videos: list[VideoResult] = []
     failed: list[tuple[str, str]] = []
-    shown: _Computed | None = None
+    shown: Computed | None = None
     title = f"compare-tvl1 ({methods.backend})"
     with console.progress_task(title, total=len(items)) as advance:
         for item in items:
             try:
-                computed = _compare_video(
+                computed = compare_video(
                     item, backend=methods.backend, params=methods.params, spec=methods.spec,
                     layer=methods.layer, device=methods.device, max_frames=max_frames,
                     short_side=short_side, border=border,
@@ -256,7 +256,7 @@ def _compare_videos(
 
 
 def _table9(
-    shown: _Computed, shape: tuple[int, int, int], methods: _Methods, repeats: int
+    shown: Computed, shape: tuple[int, int, int], methods: _Methods, repeats: int
 ) -> dict[str, Any]:
     t, h, w = shape
     console.info(f"Table-9 timing at {t}x{h}x{w} (TV-L1 + flow CNN, then rep-flow CNN)")

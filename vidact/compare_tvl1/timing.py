@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from vidact.compare_tvl1.device import _sync
+from vidact.compare_tvl1.device import sync
 from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
 from vidact.errors import VidactError
 from vidact.flow.backends import compute_flow, resolve_backend
@@ -49,10 +49,10 @@ def _timing_clip(frames: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def _best_ms(run: Callable[[], Any], repeats: int, device: torch.device) -> float:
     best = math.inf
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         run()
-        _sync(device)
+        sync(device)
         best = min(best, (time.perf_counter() - start) * 1e3)
     return best
 
@@ -63,12 +63,12 @@ def _best_two_step_ms(
     """(first ms, second ms, total ms) of the fastest of `repeats` runs of second(first())."""
     best = (math.inf, math.inf, math.inf)
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         middle = first()
         mid = time.perf_counter()
         second(middle)
-        _sync(device)
+        sync(device)
         end = time.perf_counter()
         if (end - start) * 1e3 < best[2]:
             best = ((mid - start) * 1e3, (end - mid) * 1e3, (end - start) * 1e3)

@@ -14,6 +14,9 @@ crop is a `crop_size` square (smaller only if the resized frame is smaller):
 - "random:K": K crop positions drawn uniformly over the resized frame, from a generator
               seeded per video (the representation-flow paper's 25 random crops).
 
+The crops setting is parsed once, into `vidact.data.crops.Crops`; a `ViewSpec` holds the
+`ClipSpec` of its clips (`ViewSpec.from_recipe` reads both recipe sections).
+
 Views are ordered clip-major: clip 0 with every crop, then clip 1, ... A video's
 frames — the union of the indices of every clip, for every model of an ensemble — are
 decoded once by `read_frames`; every view is cut from that one array.

@@ -7,15 +7,19 @@ batches, averages each video's views (softmax by default, logits as an option) a
 for an ensemble, averages the models' video scores (CT-Net EN). Settings not given
 come from the `eval` section of each checkpoint's recipe.
 
-Resume: per-video scores are cached under `<out>/cache/<key>/`, one small .npz shard
-per `save_every` videos, written atomically; the key is a hash of everything that
-changes a score (checkpoint bytes, EMA, views, averaging, manifest), so a re-run with
-the same settings scores only the videos still missing, and other settings get their
-own cache. Videos that failed to decode are not cached: a re-run tries them again.
+Resume (vidact.engine.score_cache): per-video scores are cached under
+`<out>/cache/<key>/`, one small .npz shard per `save_every` videos, written atomically;
+the key is a hash of everything that changes a score (checkpoint bytes, EMA, views,
+averaging, manifest), so a re-run with the same settings scores only the videos still
+missing, and other settings get their own cache. Videos that failed to decode are not
+cached: a re-run tries them again.
 
 Distributed (torchrun): rank r scores the videos with `index % world == r`, each video
 exactly once, no padding; ranks write their own shards to the (shared) output folder,
 and rank 0 reads them all after a barrier, so its metrics are those of one process.
+
+`evaluate` reads as its steps: `load_members`, the cache folder, `score_videos`, the
+ensemble average (`_fuse`), the metrics, `profile_members` (--profile), the reports.
 """
 
 from __future__ import annotations

@@ -1,16 +1,25 @@
 """The training loop shared by every model: `train(recipe, ...)`, read top to bottom.
 
+Laid out like torchvision's references/video_classification/train.py: `train` builds a
+`Run` (model, DDP/EMA wrappers, optimiser, schedule, loaders; `build_run`), resumes a
+`RunState` (`resume_run`), then per epoch calls `train_one_epoch`, `validate` and
+`end_epoch` (metrics.jsonl, `save_epoch_checkpoints`, the epoch line).
+
 One process, or one per GPU/CPU slot under torchrun (DDP; gloo on CPU, NCCL on GPU).
 Only rank 0 writes files and draws the progress display; metrics are summed across ranks.
 
 Per step: forward under autocast (bf16/fp16 when asked), loss, backward through the
 GradScaler (fp16 on CUDA), unscale, gradient-norm clip, optimiser step, per-iteration
-lr schedule, EMA update. Per epoch: validation every `train.val_every` epochs (top-1,
-top-5, single centre clip), metrics.jsonl, checkpoints/last.pt and best.pt.
+lr schedule, EMA update; every `train.log_every` steps a progress line where no bar is
+drawn (engine/step_log.py). Per epoch: validation every `train.val_every` epochs (top-1,
+top-5, single centre clip), metrics.jsonl, checkpoints/last.pt and best.pt, and the
+newest `output.keep_last` epoch checkpoints (engine/run_folder.py).
 
 Safety: checkpoints are atomic; SIGINT/SIGTERM save a checkpoint at the next step and
 stop cleanly (resume with `--resume auto`); a NaN/inf loss stops the run and keeps the
-last good checkpoint; a video that fails to decode is logged once, replaced, counted.
+last good checkpoint; a video that fails to decode is logged once, replaced, counted,
+and the run stops once more than `train.max_bad_video_fraction` of an epoch's clips
+failed.
 """
 
 from __future__ import annotations
