@@ -135,3 +135,35 @@ def test_a_bad_video_is_an_item_with_its_reason(tmp_path: Path) -> None:
         0
     ]
     assert item["views"] == [] and item["error"].startswith(str(tmp_path / "bad.mp4"))
+
+
+def test_view_spec_from_recipe_holds_the_clip_spec_and_keeps_the_cache_key() -> None:
+    from vidact.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {
+            "model": {"name": "tsn_resnet50"},
+            "data": {"num_frames": 8, "sampler": "segment", "input_size": 112, "modality": "flow"},
+            "eval": {"clips": 4, "crops": "random:5", "short_side": 128},
+        }
+    )
+    spec = ViewSpec.from_recipe(recipe.data, recipe.eval)
+    assert (
+        spec.clip == ClipSpec.from_recipe(recipe.data) == ClipSpec(8, "segment", 1, "flow", "auto")
+    )
+    assert spec.crops == Crops("random", 5) and spec.num_views == 20 and spec.channels == 2
+    assert (spec.crop_size, spec.short_side) == (112, 128)  # crop size: data.input_size
+    assert spec.describe() == "4 clips x 5 random crops"
+    # The evaluator's cache key has the fields (and values) of the former flat ViewSpec.
+    assert spec.key() == {
+        "num_frames": 8,
+        "sampler": "segment",
+        "frame_stride": 1,
+        "clips": 4,
+        "crops": "random:5",
+        "crop_size": 112,
+        "short_side": 128,
+        "modality": "flow",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
