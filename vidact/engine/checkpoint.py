@@ -29,6 +29,7 @@ from torch import nn
 from vidact import console
 from vidact.atomic import atomic_path
 from vidact.errors import VidactError
+from vidact.models.released import is_released, released_state
 from vidact.safe_load import load_tensors_file
 
 FORMAT = "vidact-checkpoint-1"
@@ -97,9 +98,13 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[lis
     """Load the tensors whose names and shapes match; return (loaded, skipped) names.
 
     This is the head surgery of fine-tuning: a classifier with another number of classes
-    does not match and keeps its fresh initialisation.
+    does not match and keeps its fresh initialisation. A checkpoint in the layout of the
+    authors' CT-Net / TSN code is mapped first (`vidact.models.released`), every other
+    tensor checked.
     """
     own = model.state_dict()
+    if is_released(state):
+        state = released_state(state, model, new_head=True)
     state = strip_prefix(state)
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(matching))

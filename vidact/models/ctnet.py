@@ -52,6 +52,7 @@ from vidact.models.ct_module import (
     CTModule,
     module_ops,
 )
+from vidact.models.released import load_released, split_weights
 
 __all__ = ["CTBottleneck", "CTNet", "ct_block_indices", "ctnet_resnet50", "ctnet_resnet101"]
 
@@ -184,7 +185,8 @@ class CTNet(nn.Module):
 
         # The ResNet parts, with ImageNet weights if asked (conv2/bn2 of the replaced blocks
         # load too, then are dropped with the block's 3x3 conv).
-        trunk = resnet2d(depth, weights)
+        trunk_weights, released = split_weights(weights)  # the authors' file: whole net
+        trunk = resnet2d(depth, trunk_weights)
         self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
         stages: list[nn.ModuleList] = []
         for layer, chosen in zip(
@@ -216,6 +218,8 @@ class CTNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
         if channels_last:  # 4D weights too: saves a reorder of every weight on every call
             _convs_to_channels_last(self)
+        if released is not None:
+            load_released(self, released, weights)
 
     def ct_modules(self) -> list[CTModule]:
         """The CT-Modules, bottom-up."""
