@@ -3,12 +3,15 @@ what a literal reference of their network computes (float64, random BN statistic
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
+from typer.testing import CliRunner
 
 from tests.models.released_reference import (
     ReferenceInteraction,
@@ -16,6 +19,7 @@ from tests.models.released_reference import (
     randomize,
     released_file,
 )
+from vidact.cli import app
 from vidact.engine.checkpoint import load_checkpoint, load_matching
 from vidact.errors import VidactError
 from vidact.models import build_model
@@ -149,3 +153,37 @@ def test_mismatches_are_one_clear_line(
         build_model("ctnet_resnet50", 7, weights=str(tmp_path / "missing.pth"))
     with pytest.raises(VidactError, match="not into a"):
         load_matching(nn.Linear(2, 2), load_checkpoint(ct_path)["model"])
+
+
+def _eval_recipe(tmp_path: Path, root: Path, name: str) -> Path:
+    recipe = {
+        "name": "released",
+        "model": {"name": name, "weights": "IMAGENET1K_V1"},  # replaced by the file
+        "data": {"root": str(root), "num_frames": 3, "sampler": "segment", "short_side": 32,
+                 "input_size": 32, "num_workers": 0},
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_evaluate_a_released_checkpoint_with_a_recipe(synthetic_root: Path, tmp_path: Path) -> None:
+    _, path = _saved_reference(tmp_path, ct=False, classes=4)
+    recipe = _eval_recipe(tmp_path, synthetic_root, "tsn_resnet50")
+    out = tmp_path / "eval"
+    args = ["evaluate", str(path), "--recipe", str(recipe), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["videos"] == 4
+
+
+def test_evaluate_refuses_another_class_count_in_one_line(
+    released: dict[bool, tuple[ReferenceNet, Path]], synthetic_root: Path, tmp_path: Path
+) -> None:
+    recipe = _eval_recipe(tmp_path, synthetic_root, "ctnet_resnet50")
+    args = ["evaluate", str(released[True][1]), "--recipe", str(recipe)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "classifies 7 classes, the model 4" in lines[0], result.output

@@ -36,14 +36,14 @@ from torch.utils.data import DataLoader
 
 from vidact import console
 from vidact.atomic import atomic_path, atomic_write_text
-from vidact.data.manifest import load_manifest
+from vidact.data.manifest import load_manifest, read_label_map
 from vidact.data.views import VideoViews, ViewSpec
 from vidact.engine import distributed, report
 from vidact.engine.checkpoint import FORMAT, load_checkpoint
 from vidact.engine.profile import count_macs, count_params, measure_latency
 from vidact.engine.trainer import build_model_for
 from vidact.errors import VidactError
-from vidact.recipe import EvalConfig, Recipe, recipe_from_dict
+from vidact.recipe import EvalConfig, Recipe, load_recipe, recipe_from_dict
 
 CACHE_VERSION = 1
 
@@ -102,14 +102,21 @@ def _eval_config(recipe: Recipe, settings: dict[str, Any], path: Path) -> EvalCo
 
 
 def load_member(
-    path: Path, settings: dict[str, Any], use_ema: bool | None, overrides: tuple[str, ...] = ()
+    path: Path,
+    settings: dict[str, Any],
+    use_ema: bool | None,
+    overrides: tuple[str, ...] = (),
+    recipe_file: Path | None = None,
 ) -> Member:
     """Rebuild the model of checkpoint `path` with its weights, and its view spec."""
+    if recipe_file is not None:
+        return _member_from_recipe(path, recipe_file, settings, overrides)
     state = load_checkpoint(path)
     if state.get("format") != FORMAT or "recipe" not in state or "labels" not in state:
         raise VidactError(
             f"{path}: a plain state_dict has no recipe or label map; evaluate needs a "
-            "checkpoint written by `vidact train`"
+            "checkpoint written by `vidact train`, or give a recipe with --recipe (the "
+            "authors' released CT-Net / TSN checkpoints)"
         )
     recipe = recipe_from_dict(state["recipe"], overrides, source=f"{path} (recipe)")
     cfg = _eval_config(recipe, settings, path)
@@ -134,8 +141,29 @@ def load_member(
         raise VidactError(
             f"{path}: its weights do not fit model '{recipe.model.name}' ({first})"
         ) from None
+    return Member(
+        path, recipe, cfg, labels, model.eval(), _view_spec(recipe, cfg), ema, _sha256(path)
+    )
+
+
+def _member_from_recipe(
+    path: Path, recipe_file: Path, settings: dict[str, Any], overrides: tuple[str, ...]
+) -> Member:
+    """A file without a recipe (the authors' released checkpoint) evaluated with the model,
+    data and label map of `recipe_file`; it loads as `model.weights`, which refuses another
+    class count with one line."""
+    recipe = load_recipe(recipe_file, list(overrides))
+    recipe.model.weights = str(path)
+    cfg = _eval_config(recipe, settings, path)
+    labels = read_label_map(Path(recipe.data.root) / recipe.data.label_map)
+    model = build_model_for(recipe, len(labels))
+    spec = _view_spec(recipe, cfg)
+    return Member(path, recipe, cfg, labels, model.eval(), spec, False, _sha256(path))
+
+
+def _view_spec(recipe: Recipe, cfg: EvalConfig) -> ViewSpec:
     data = recipe.data
-    spec = ViewSpec(
+    return ViewSpec(
         num_frames=data.num_frames,
         sampler=data.sampler,
         frame_stride=data.frame_stride,
@@ -147,7 +175,6 @@ def load_member(
         mean=tuple(data.mean),
         std=tuple(data.std),
     )
-    return Member(path, recipe, cfg, labels, model.eval(), spec, ema, _sha256(path))
 
 
 def split_manifest(recipe: Recipe, split: str) -> Path:
@@ -271,10 +298,12 @@ def evaluate(
     profile: bool = False,
     overrides: tuple[str, ...] = (),
     save_every: int = 32,
+    recipe: Path | None = None,
 ) -> EvalResult:
     """Evaluate one checkpoint, or fuse several (an ensemble), on a split; see the module
     docstring. Settings left None come from each checkpoint's recipe (`eval` section);
-    `overrides` ("data.root=/data/k400") change those recipes first."""
+    `overrides` ("data.root=/data/k400") change those recipes first. `recipe`: the recipe
+    of checkpoints that have none (the authors' released files, `vidact.models.released`)."""
     start_time = time.perf_counter()
     if not checkpoints:
         raise VidactError("give at least one checkpoint to evaluate")
@@ -283,7 +312,9 @@ def evaluate(
     given = {"split": split, "clips": clips, "crops": crops, "crop_size": crop_size}
     given |= {"short_side": short_side, "average": average}
     settings = {k: v for k, v in given.items() if v is not None}
-    members = [load_member(Path(p), settings, use_ema, tuple(overrides)) for p in checkpoints]
+    members = [
+        load_member(Path(p), settings, use_ema, tuple(overrides), recipe) for p in checkpoints
+    ]
     first = members[0]
     for member in members[1:]:
         if member.labels != first.labels:
