@@ -29,7 +29,10 @@ from vidact.models.released import load_released, split_weights
 
 
 class FrameClassifier(nn.Module):
-    """Dropout + linear over per-frame features (N*T, D), averaged over T -> (N, K)."""
+    """Dropout + linear over per-frame features (N*T, D), averaged over T -> (N, K).
+
+    The classifier starts from N(0, 0.001) with zero bias, as TSN's code (and the CT-Net
+    authors' TSN) initialise it."""
 
     def __init__(self, in_features: int, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
@@ -37,6 +40,8 @@ class FrameClassifier(nn.Module):
             raise VidactError(f"model dropout {dropout} must be in [0, 1)")
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_features, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.001)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, features: Tensor, num_frames: int) -> Tensor:
         logits = self.fc(self.dropout(features))
