@@ -24,7 +24,7 @@ from vidact.engine.checkpoint import load_checkpoint, load_matching
 from vidact.errors import VidactError
 from vidact.models import build_model
 from vidact.models.ct_module import CTModule
-from vidact.models.released import channel_permutation, ct_module_state
+from vidact.models.released import channel_permutation, ct_module_state, released_state
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -187,3 +187,17 @@ def test_evaluate_refuses_another_class_count_in_one_line(
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "classifies 7 classes, the model 4" in lines[0], result.output
+
+
+@pytest.mark.parametrize(("depth", "ct"), [(101, True), (101, False)])
+def test_resnet101_checkpoints_map_onto_every_tensor(depth: int, ct: bool) -> None:
+    """Shapes only (meta device): every tensor of a released R101 file finds its place."""
+    with torch.device("meta"):
+        ref = ReferenceNet(depth, 400, t=8, ct=ct)
+        model = build_model(f"{'ctnet' if ct else 'tsn'}_resnet{depth}", 400)
+    state = released_file(ref)["state_dict"]
+    assert isinstance(state, dict)
+    mapped = released_state(state, model)
+    assert mapped.keys() == model.state_dict().keys()
+    if ct:
+        assert len(model.ct_modules()) == 15  # type: ignore[operator]
