@@ -267,8 +267,8 @@ def released_state(
             raise VidactError(f"the released checkpoint has no {theirs_key} (for {key})")
         used.add(theirs_key)
         out[key] = _as_kernel_of(theirs[theirs_key], target, temporal="temporal" in key)
+    _check_shapes(out, own, name_of, model)  # first: the fold indexes rows and columns
     _fold_permutations(out, model)
-    _check_shapes(out, own, name_of, model)
     left = sorted(set(theirs) - used)
     if left:
         raise VidactError(
