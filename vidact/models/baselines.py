@@ -29,10 +29,7 @@ from vidact.models.released import load_released, split_weights
 
 
 class FrameClassifier(nn.Module):
-    """Dropout + linear over per-frame features (N*T, D), averaged over T -> (N, K).
-
-    The classifier starts from N(0, 0.001) with zero bias, as TSN's code (and the CT-Net
-    authors' TSN) initialise it."""
+    """Dropout + linear over per-frame features (N*T, D), averaged over T -> (N, K)."""
 
     def __init__(self, in_features: int, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
@@ -40,8 +37,6 @@ class FrameClassifier(nn.Module):
             raise VidactError(f"model dropout {dropout} must be in [0, 1)")
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_features, num_classes)
-        nn.init.normal_(self.fc.weight, std=0.001)
-        nn.init.zeros_(self.fc.bias)
 
     def forward(self, features: Tensor, num_frames: int) -> Tensor:
         logits = self.fc(self.dropout(features))
@@ -49,7 +44,8 @@ class FrameClassifier(nn.Module):
 
 
 class TSN(nn.Module):
-    """RGB 2D ResNet applied to every frame, frame scores averaged (TSN consensus)."""
+    """RGB 2D ResNet applied to every frame, frame scores averaged (TSN consensus); the
+    classifier starts from N(0, 0.001) with zero bias (TSN's init)."""
 
     def __init__(
         self,
@@ -64,6 +60,9 @@ class TSN(nn.Module):
         features = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
         self.head = FrameClassifier(features, num_classes, dropout)
+        # N(0, 0.001) and zero bias, as TSN's code and the CT-Net authors' TSN initialise it.
+        nn.init.normal_(self.head.fc.weight, std=0.001)
+        nn.init.zeros_(self.head.fc.bias)
         if released is not None:
             load_released(self, released, weights)
 
