@@ -111,6 +111,10 @@ class OptimConfig(_Section):
     flow_lr_mult: float = Field(0.01, ge=0)
     # Extra lr multipliers by parameter-name prefix, e.g. {"fc": 5.0}.
     lr_mults: dict[str, float] = Field(default_factory=dict)
+    # Parameter groups: "vidact" (the rules above) or "tsn", the policy of the TSN / CT-Net
+    # authors' code from ImageNet: classifier weight 5x lr, its bias 10x, no decay; other
+    # biases 2x, no decay; BatchNorm 1x, no decay (vidact.engine.optim).
+    policy: Literal["vidact", "tsn"] = "vidact"
     clip_grad_norm: float | None = Field(None, gt=0)
 
 

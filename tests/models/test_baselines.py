@@ -64,3 +64,11 @@ def test_parameter_counts() -> None:
         "flow_resnet34": 21_543_184,
         "two_stream_resnet34": 43_033_056,
     }
+
+
+def test_tsn_classifier_starts_as_tsn_code_initialises_it() -> None:
+    torch.manual_seed(0)
+    fc = build_model("tsn_resnet50", num_classes=400).head.fc
+    assert torch.count_nonzero(fc.bias) == 0
+    assert abs(fc.weight.std().item() - 0.001) < 2e-5  # N(0, 0.001), 819,200 draws
+    assert abs(fc.weight.mean().item()) < 1e-5

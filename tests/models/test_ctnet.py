@@ -347,3 +347,54 @@ def test_channels_last_runs_the_trunk_and_modules_channels_last(batch: int) -> N
             memory_format=torch.channels_last
         )
     )
+
+
+# ----------------------------------------------------------------- as the authors train
+def test_released_freeze_trains_what_the_authors_code_trains() -> None:
+    with torch.device("meta"):
+        model = build_model("ctnet_resnet50", 174, freeze="released")
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert (frozen, total) == (15_063_360, 20_959_150)  # issue 19, their code's count
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"stages", "fc"}
+    for name, param in model.named_parameters():
+        in_ct_block = ".ct." in name or any(
+            f"stages.{s}.{b}.{part}" in name
+            for s, blocks in enumerate(model.ct_blocks)  # type: ignore[arg-type]
+            for b in blocks
+            for part in ("conv1", "bn1", "conv3", "bn3")
+        )
+        assert param.requires_grad == (in_ct_block or name.startswith("fc.")), name
+    with torch.device("meta"):
+        default = build_model("ctnet_resnet50", 174)
+    assert all(p.requires_grad for p in default.parameters())  # the paper: all train
+    with pytest.raises(VidactError, match="freeze: unknown 'all'"):
+        CTNet(4, freeze="all")
+
+
+def test_frozen_blocks_still_update_their_bn_statistics() -> None:
+    model = CTNet(3, ct_blocks="stage5", freeze="released")
+    stem_bn = model.stem[1]
+    before = stem_bn.running_mean.clone()
+    model.train()(torch.randn(2, 3, 2, 32, 32))
+    assert not torch.equal(before, stem_bn.running_mean)
+    assert not stem_bn.weight.requires_grad
+
+
+def test_dropout_is_drawn_per_frame_before_the_average_as_released() -> None:
+    model = CTNet(5, ct_blocks="stage5", dropout=0.5).eval()
+    clips = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        features = model.features(clips)  # (N, T, 2048)
+        # Eval mode: per frame then average == average then classify.
+        torch.testing.assert_close(model(clips), model.fc(features.mean(1)))
+        model.dropout.train()
+        torch.manual_seed(7)
+        got = model(clips)
+        torch.manual_seed(7)
+        per_frame = model.fc(nn.functional.dropout(features, 0.5, training=True)).mean(1)
+        torch.manual_seed(7)
+        averaged = model.fc(nn.functional.dropout(features.mean(1), 0.5, training=True))
+    torch.testing.assert_close(got, per_frame)
+    assert not torch.allclose(got, averaged)

@@ -102,6 +102,10 @@ def evaluate_command(
             "--set", "-s", help="Override a key of the checkpoints' recipes, e.g. data.root=..."
         ),
     ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Recipe for a checkpoint without one (the authors' released files)."),
+    ] = None,
 ) -> None:
     """Evaluate checkpoints with multi-clip x multi-crop testing; several are fused.
 
@@ -114,6 +118,7 @@ def evaluate_command(
       vidact evaluate best.pt --clips 4 --crops 3 --crop-size 256 --short-side 256 --profile
       vidact evaluate a/best.pt b/best.pt --crops 10 --out eval/ensemble
       torchrun --nproc_per_node 4 -m vidact evaluate best.pt --set data.root=/data/k400
+      vidact evaluate ct_net_8f_r50.pth.tar --recipe recipes/ctnet_r50_sthv1.yaml
     """
     from vidact.engine.evaluator import evaluate
 
@@ -129,5 +134,6 @@ def evaluate_command(
         out=out,
         profile=profile,
         overrides=tuple(set_ or []),
+        recipe=recipe,
     )
     _report(result)

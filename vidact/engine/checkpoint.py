@@ -7,10 +7,13 @@ A vidact checkpoint is a dict with:
     optimizer, scheduler, scaler   their state_dicts (scaler None without fp16)
     epoch, step   epochs completed / optimiser steps taken; `batch_in_epoch` > 0 when the
                   run was stopped in the middle of an epoch (SIGINT/SIGTERM)
-    rng           python, numpy and torch (+ CUDA) RNG states
+    rng           python, numpy and torch (+ CUDA) RNG states, as tuples, lists and tensors
     recipe        the resolved recipe as a dict (enough to rebuild the model and data)
     labels        the label map (class names, index = label)
     metrics       the latest validation metrics and the best top-1 so far
+
+Every value is a tensor, number, string, list, tuple or dict, so a checkpoint loads with
+`torch.load(weights_only=True)` (`vidact.safe_load`): loading never runs code.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from torch import nn
 from vidact import console
 from vidact.atomic import atomic_path
 from vidact.errors import VidactError
+from vidact.models.released import is_released, released_state
+from vidact.safe_load import load_tensors_file
 
 FORMAT = "vidact-checkpoint-1"
 LAST, BEST = "last.pt", "best.pt"
@@ -38,16 +43,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a vidact checkpoint or a plain state_dict (returned as {"model": ...})."""
+    """Load a vidact checkpoint or a plain state_dict (returned as {"model": ...}); a file
+    whose pickle would run code is refused (`vidact.safe_load`)."""
     path = Path(path)
-    if not path.is_file():
-        raise VidactError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise VidactError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
+    data = load_tensors_file(path, "checkpoint")
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return data
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
@@ -64,9 +63,13 @@ def strip_prefix(
 
 
 def rng_state() -> dict[str, Any]:
+    """The RNG states as plain data (numpy's key array as a list of ints)."""
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple)  # legacy=True: (name, keys, pos, has_gauss, gauss)
+    name, keys, pos, has_gauss, gauss = numpy_state
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -76,7 +79,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]  # a list, or an older file's tuple
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -94,9 +98,13 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[lis
     """Load the tensors whose names and shapes match; return (loaded, skipped) names.
 
     This is the head surgery of fine-tuning: a classifier with another number of classes
-    does not match and keeps its fresh initialisation.
+    does not match and keeps its fresh initialisation. A checkpoint in the layout of the
+    authors' CT-Net / TSN code is mapped first (`vidact.models.released`), every other
+    tensor checked.
     """
     own = model.state_dict()
+    if is_released(state):
+        state = released_state(state, model, new_head=True)
     state = strip_prefix(state)
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(matching))

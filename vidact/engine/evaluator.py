@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vidact import console
-from vidact.data.manifest import Sample, load_manifest
+from vidact.data.manifest import Sample, load_manifest, read_label_map
 from vidact.data.views import VideoViews, ViewSpec
 from vidact.engine import distributed, report
 from vidact.engine.checkpoint import FORMAT, load_checkpoint
@@ -52,7 +52,7 @@ from vidact.engine.score_cache import (
 )
 from vidact.engine.trainer import build_model_for
 from vidact.errors import VidactError
-from vidact.recipe import EvalConfig, Recipe, recipe_from_dict
+from vidact.recipe import EvalConfig, Recipe, load_recipe, recipe_from_dict
 
 __all__ = ["EvalResult", "Member", "evaluate", "load_member", "profile_members", "read_cache"]
 
@@ -103,14 +103,21 @@ def _eval_config(recipe: Recipe, settings: dict[str, Any], path: Path) -> EvalCo
 
 
 def load_member(
-    path: Path, settings: dict[str, Any], use_ema: bool | None, overrides: tuple[str, ...] = ()
+    path: Path,
+    settings: dict[str, Any],
+    use_ema: bool | None,
+    overrides: tuple[str, ...] = (),
+    recipe_file: Path | None = None,
 ) -> Member:
     """Rebuild the model of checkpoint `path` with its weights, and its view spec."""
+    if recipe_file is not None:
+        return _member_from_recipe(path, recipe_file, settings, overrides)
     state = load_checkpoint(path)
     if state.get("format") != FORMAT or "recipe" not in state or "labels" not in state:
         raise VidactError(
             f"{path}: a plain state_dict has no recipe or label map; evaluate needs a "
-            "checkpoint written by `vidact train`"
+            "checkpoint written by `vidact train`, or give a recipe with --recipe (the "
+            "authors' released CT-Net / TSN checkpoints)"
         )
     recipe = recipe_from_dict(state["recipe"], overrides, source=f"{path} (recipe)")
     cfg = _eval_config(recipe, settings, path)
@@ -137,6 +144,21 @@ def load_member(
         ) from None
     spec = ViewSpec.from_recipe(recipe.data, cfg)
     return Member(path, recipe, cfg, labels, model.eval(), spec, ema, sha256_file(path))
+
+
+def _member_from_recipe(
+    path: Path, recipe_file: Path, settings: dict[str, Any], overrides: tuple[str, ...]
+) -> Member:
+    """A file without a recipe (the authors' released checkpoint) evaluated with the model,
+    data and label map of `recipe_file`; it loads as `model.weights`, which refuses another
+    class count with one line."""
+    recipe = load_recipe(recipe_file, list(overrides))
+    recipe.model.weights = str(path)
+    cfg = _eval_config(recipe, settings, path)
+    labels = read_label_map(Path(recipe.data.root) / recipe.data.label_map)
+    model = build_model_for(recipe, len(labels))
+    spec = ViewSpec.from_recipe(recipe.data, cfg)
+    return Member(path, recipe, cfg, labels, model.eval(), spec, False, sha256_file(path))
 
 
 def split_manifest(recipe: Recipe, split: str) -> Path:
@@ -232,10 +254,12 @@ def evaluate(
     profile: bool = False,
     overrides: tuple[str, ...] = (),
     save_every: int = 32,
+    recipe: Path | None = None,
 ) -> EvalResult:
     """Evaluate one checkpoint, or fuse several (an ensemble), on a split; see the module
     docstring. Settings left None come from each checkpoint's recipe (`eval` section);
-    `overrides` ("data.root=/data/k400") change those recipes first."""
+    `overrides` ("data.root=/data/k400") change those recipes first. `recipe`: the recipe
+    of checkpoints that have none (the authors' released files, `vidact.models.released`)."""
     start_time = time.perf_counter()
     if not checkpoints:
         raise VidactError("give at least one checkpoint to evaluate")
@@ -244,7 +268,7 @@ def evaluate(
     given = {"split": split, "clips": clips, "crops": crops, "crop_size": crop_size}
     given |= {"short_side": short_side, "average": average}
     settings = {k: v for k, v in given.items() if v is not None}
-    members = load_members(checkpoints, settings, use_ema, tuple(overrides))
+    members = load_members(checkpoints, settings, use_ema, tuple(overrides), recipe)
     first = members[0]
     cfg = first.eval
     manifest = split_manifest(first.recipe, cfg.split)
@@ -284,10 +308,10 @@ def evaluate(
 
 def load_members(
     checkpoints: list[Path], settings: dict[str, Any], use_ema: bool | None,
-    overrides: tuple[str, ...],
+    overrides: tuple[str, ...], recipe: Path | None = None,
 ) -> list[Member]:  # fmt: skip
     """Every checkpoint's member; an ensemble's members must share one label map."""
-    members = [load_member(Path(p), settings, use_ema, overrides) for p in checkpoints]
+    members = [load_member(Path(p), settings, use_ema, overrides, recipe) for p in checkpoints]
     first = members[0]
     for member in members[1:]:
         if member.labels != first.labels:

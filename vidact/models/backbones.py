@@ -37,6 +37,7 @@ import torchvision
 from torch import Tensor, nn
 
 from vidact.errors import VidactError
+from vidact.safe_load import load_tensors_file
 
 DEPTHS = (18, 34, 50, 101, 152)
 VideoMode = Literal["3d", "2plus1d"]
@@ -59,13 +60,7 @@ def _load_local(path: Path) -> dict[str, Tensor]:
             f"weights file {path} not found; pass an existing .pth state-dict path or a "
             "torchvision weights name such as IMAGENET1K_V1"
         )
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise VidactError(
-            f"weights file {path} could not be read as a state dict ({type(exc).__name__}: "
-            f"{exc}); save it with torch.save(model.state_dict(), path)"
-        ) from exc
+    obj: Any = load_tensors_file(path, "weights file")  # weights_only: never runs code
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from vidact.errors import VidactError
 from vidact.models import register_model
 from vidact.models.backbones import fold_time, resnet2d
+from vidact.models.released import load_released, split_weights
 
 
 class FrameClassifier(nn.Module):
@@ -43,7 +44,8 @@ class FrameClassifier(nn.Module):
 
 
 class TSN(nn.Module):
-    """RGB 2D ResNet applied to every frame, frame scores averaged (TSN consensus)."""
+    """RGB 2D ResNet applied to every frame, frame scores averaged (TSN consensus); the
+    classifier starts from N(0, 0.001) with zero bias (TSN's init)."""
 
     def __init__(
         self,
@@ -53,10 +55,16 @@ class TSN(nn.Module):
         weights: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = resnet2d(depth, weights)
+        trunk_weights, released = split_weights(weights)  # the authors' TSN file: whole net
+        self.backbone = resnet2d(depth, trunk_weights)
         features = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
         self.head = FrameClassifier(features, num_classes, dropout)
+        # N(0, 0.001) and zero bias, as TSN's code and the CT-Net authors' TSN initialise it.
+        nn.init.normal_(self.head.fc.weight, std=0.001)
+        nn.init.zeros_(self.head.fc.bias)
+        if released is not None:
+            load_released(self, released, weights)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(fold_time(x)), x.shape[2])

@@ -7,12 +7,21 @@ average consensus over frames, dropout, linear classifier.
 
 A CT-Block keeps the bottleneck's 1x1 convolutions and their BNs (so ImageNet weights load
 into them) and drops its 3x3 conv + BN; the CT-Module that takes its place starts from
-random weights (section 4). Every parameter trains.
+random weights (section 4). Every parameter trains (appendix A.1: "train the entire
+network"), unless `freeze="released"`: the authors' released training freezes every
+ImageNet parameter except the CT-Blocks' conv1/bn1/conv3/bn3, i.e. the stem and the
+unreplaced bottlenecks (15,063,360 of CT-Net-R50's 20,959,150 parameters); their BN
+running statistics still update in train mode.
+
+The head follows the released code: dropout on each frame's features, the classifier per
+frame, then the average over frames (the same function as average-then-classify in eval
+mode, other dropout noise in training).
 
 Registered: `ctnet_resnet50`, `ctnet_resnet101`. Keyword arguments (all optional):
 
     num_frames   frames per clip (default 8); used for profiling shapes, any T runs
-    dropout      before the classifier (default 0.5, App. A.1)
+    dropout      on each frame's features, before the classifier (default 0.5, App. A.1)
+    freeze       "none" (default, the paper) or "released" (the authors' code, see above)
     weights      ImageNet weights for the ResNet parts: a torchvision name
                  ("IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT") or a local .pth path
     ct_blocks    placement: a preset name of Table 2e ("alternate" = "stage2-5", the
@@ -52,6 +61,7 @@ from vidact.models.ct_module import (
     CTModule,
     module_ops,
 )
+from vidact.models.released import load_released, split_weights
 
 __all__ = ["CTBottleneck", "CTNet", "ct_block_indices", "ctnet_resnet50", "ctnet_resnet101"]
 
@@ -63,6 +73,8 @@ __all__ = ["CTBottleneck", "CTNet", "ct_block_indices", "ctnet_resnet50", "ctnet
 STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 # Table 2e's rows, as the first stage (index 0 = stage 2) that gets alternate CT-Blocks.
 PLACEMENT_PRESETS = {"stage2-5": 0, "alternate": 0, "stage3-5": 1, "stage4-5": 2, "stage5": 3}
+# Which parameters train: all (the paper) or those the authors' released code trains.
+FREEZE_CHOICES = ("none", "released")
 
 
 def ct_block_indices(
@@ -157,8 +169,11 @@ class CTNet(nn.Module):
         kernel_sizes: Sequence[int] | None = None,
         te_reduction: int = TE_REDUCTION,
         channels_last: bool = True,
+        freeze: str = "none",
     ):
         super().__init__()
+        if freeze not in FREEZE_CHOICES:
+            raise VidactError(f"freeze: unknown {freeze!r}; use one of {', '.join(FREEZE_CHOICES)}")
         if depth not in STAGE_DEPTHS:
             raise VidactError(f"CT-Net depth {depth} is not supported; use 50 or 101")
         if module not in MODULES:
@@ -184,7 +199,8 @@ class CTNet(nn.Module):
 
         # The ResNet parts, with ImageNet weights if asked (conv2/bn2 of the replaced blocks
         # load too, then are dropped with the block's 3x3 conv).
-        trunk = resnet2d(depth, weights)
+        trunk_weights, released = split_weights(weights)  # the authors' file: whole net
+        trunk = resnet2d(depth, trunk_weights)
         self.stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
         stages: list[nn.ModuleList] = []
         for layer, chosen in zip(
@@ -214,8 +230,21 @@ class CTNet(nn.Module):
         self.fc = nn.Linear(trunk.fc.in_features, num_classes)
         nn.init.normal_(self.fc.weight, std=0.001)
         nn.init.zeros_(self.fc.bias)
+        if freeze == "released":
+            self.freeze_as_released()
         if channels_last:  # 4D weights too: saves a reorder of every weight on every call
             _convs_to_channels_last(self)
+        if released is not None:
+            load_released(self, released, weights)
+
+    def freeze_as_released(self) -> None:
+        """Freeze the stem and every unreplaced bottleneck, as the authors' code does."""
+        self.stem.requires_grad_(False)
+        for stage in self.stages:
+            assert isinstance(stage, nn.ModuleList)
+            for block in stage:
+                if not isinstance(block, CTBottleneck):
+                    block.requires_grad_(False)
 
     def ct_modules(self) -> list[CTModule]:
         """The CT-Modules, bottom-up."""
@@ -240,7 +269,8 @@ class CTNet(nn.Module):
         return x.mean((2, 3)).view(n, t, -1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.dropout(self.features(x).mean(1)))  # average consensus over T
+        # Per frame, then the average consensus over T, as released (module docstring).
+        return self.fc(self.dropout(self.features(x))).mean(1)
 
 
 def _factory(depth: int) -> Callable[..., CTNet]:
