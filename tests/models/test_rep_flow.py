@@ -160,6 +160,7 @@ def test_learn_groups_and_flow_parameters() -> None:
 def test_flow_block_shapes_alignment_and_gradients() -> None:
     torch.manual_seed(0)
     block = FlowBlock(8, flow_channels=4, iterations=3)
+    torch.nn.init.ones_(block.bn.weight)  # gamma starts at 0 (a silent branch): wake it
     x = torch.randn(2, 8, 4, 10, 10, requires_grad=True)
     out = block(x)
     assert out.shape == (2, 8, 3, 10, 10)

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vidact.errors import VidactError
+from vidact.models.backbones import fold_time, unfold_time
 
 # ----------------------------------------------------------------------- the paper's numbers
 SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))  # Eq. 8 / 10, as printed
@@ -409,16 +410,28 @@ def normalize_range(x: Tensor, dims: tuple[int, ...] = (2, 3, 4), eps: float = 1
 
 
 class FlowBlock(nn.Module):
-    """The flow layer as it sits inside a network (section 3.2, appendix A, Fig. 3).
+    """The flow layer as it sits inside a network (section 3.2, Fig. 3, Fig. 6, appendix A).
 
-    (N, C, T, H, W) -> (N, C, T - stacked, H, W). Steps: 1x1 conv C -> C' per frame,
-    ``normalize_range`` to [0, 255], flow of every consecutive pair (``stacked`` times: 2 is
-    the flow-of-flow "FoF" of Table 5, the flow re-normalised in between), 3x3 conv
-    2C' * 2^(stacked-1) -> C, BN, then ``merge`` with the input features, then ReLU.
+    (N, C, T, H, W) -> (N, C, T - stacked, H, W). Steps: 1x1 conv C -> C' per frame, then
+    ``stacked`` flow layers, each normalising its input to [0, 255] (``normalize_range``) and
+    computing the flow of every consecutive pair of frames; then a 3x3 conv -> C, BN,
+    ``merge`` with the input features, ReLU.
 
-    Temporal alignment: output frame t holds the flow from frame t to t + 1 (for FoF, of the
-    frames t, t + 1, t + 2) and is merged with input frame t; the last frame is dropped.
-    This is the grid the flow lives on: u is defined at F1's pixels (F1(p) = F2(p + u)).
+    Between two flow layers (Table 5, Fig. 6): ``conv_between=False`` puts nothing, the
+    flow-of-flow "FoF" (k channels -> 2k -> 4k); ``conv_between=True`` puts one 3x3 conv
+    2C' -> C' and nothing else (no BN, no ReLU, no residual: the next normalisation would
+    undo a BN), "FcF" with ``stacked=2``, "FcFcF" with 3. Flow -> conv -> flow -> conv -> BN
+    -> one merge at the end, as the released (2+1)D code does (it converts 2C' -> C' with a
+    3x3 then a 1x1 conv; one 3x3 conv does both here).
+
+    With ``merge="add"`` the BN's gamma starts at 0, so the block starts as the identity on
+    its (post-ReLU) input: a pretrained trunk is unchanged at step 0 (the released code
+    zero-initialises the same BN). The other merges start at gamma = 1: with gamma = 0 they
+    would start from a constant feature.
+
+    Temporal alignment: output frame t holds the flow from frame t to t + 1 (for two layers,
+    of the frames t, t + 1, t + 2) and is merged with input frame t; the last frames are
+    dropped. This is the grid the flow lives on: u is defined at F1's pixels.
 
     ``merge`` (Table 4, Fig. 4): "add" (residual, the CNN continues; default), "none" (the
     flow feature alone, Fig. 4a), "multiply", "concat" (then a 1x1 conv 2C -> C and BN),
@@ -430,14 +443,17 @@ class FlowBlock(nn.Module):
         in_channels: int,
         flow_channels: int = FLOW_CHANNELS,
         stacked: int = 1,
+        conv_between: bool = False,
         merge: str = "add",
         **flow_kwargs: object,
     ) -> None:
         super().__init__()
         if merge not in MERGES:
             raise VidactError(f"flow block merge {merge!r} must be one of {MERGES}")
-        if stacked < 1:
-            raise VidactError(f"flow block stacked={stacked} must be >= 1")
+        if stacked < 1 or flow_channels < 1:
+            raise VidactError(
+                f"flow block stacked={stacked} and flow_channels={flow_channels} must be >= 1"
+            )
         self.merge = merge
         self.stacked = stacked
         self.reduce = nn.Conv2d(in_channels, flow_channels, 1)
@@ -445,50 +461,60 @@ class FlowBlock(nn.Module):
             RepresentationFlow(**flow_kwargs)  # type: ignore[arg-type]
             for _ in range(stacked)
         )
-        out_flow = flow_channels * 2**stacked
+        self.between = nn.ModuleList(
+            nn.Conv2d(2 * flow_channels, flow_channels, 3, padding=1, bias=False)
+            for _ in range(stacked - 1 if conv_between else 0)
+        )
+        out_flow = 2 * flow_channels if conv_between else flow_channels * 2**stacked
         self.expand = nn.Conv2d(out_flow, in_channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(in_channels)
+        if merge == "add":
+            nn.init.zeros_(self.bn.weight)
         self.mix: nn.Module | None = None
-        if merge == "concat":
+        if merge in ("concat", "layer_multiply"):
+            mix_in = 2 * in_channels if merge == "concat" else in_channels
             self.mix = nn.Sequential(
-                nn.Conv2d(2 * in_channels, in_channels, 1, bias=False), nn.BatchNorm2d(in_channels)
-            )
-        elif merge == "layer_multiply":
-            self.mix = nn.Sequential(
-                nn.Conv2d(in_channels, in_channels, 1, bias=False), nn.BatchNorm2d(in_channels)
+                nn.Conv2d(mix_in, in_channels, 1, bias=False), nn.BatchNorm2d(in_channels)
             )
 
+    def _flow(self, layer: nn.Module, r: Tensor) -> Tensor:
+        """(N, k, T, H, W) -> (N, 2k, T - 1, H, W): the flow of each consecutive pair."""
+        r = normalize_range(r)
+        n, k, t, h, w = r.shape
+        f1 = r[:, :, :-1].transpose(1, 2).reshape(-1, k, h, w)
+        f2 = r[:, :, 1:].transpose(1, 2).reshape(-1, k, h, w)
+        flow = layer(f1, f2)  # (N * (T - 1), 2k, H, W)
+        return flow.reshape(n, t - 1, 2 * k, h, w).transpose(1, 2)
+
+    def _merge(self, base: Tensor, y: Tensor) -> Tensor:
+        if self.merge == "add":
+            return base + y
+        if self.merge == "multiply":
+            return base * y
+        if self.merge == "concat":
+            assert self.mix is not None
+            return self.mix(torch.cat([base, y], 1))
+        if self.merge == "layer_multiply":
+            assert self.mix is not None
+            return self.mix(base) * y
+        return y
+
     def forward(self, x: Tensor) -> Tensor:
-        n, c, t, h, w = x.shape
+        t = x.shape[2]
         if t <= self.stacked:
             raise VidactError(
                 f"a flow block with {self.stacked} stacked flow layer(s) needs more than "
                 f"{self.stacked} frames, got T={t}; use longer clips"
             )
-        frames = x.transpose(1, 2).reshape(n * t, c, h, w)
-        r = self.reduce(frames).reshape(n, t, -1, h, w).transpose(1, 2)
-        for layer in self.flows:
-            r = normalize_range(r)
-            k = r.shape[1]
-            t_in = r.shape[2]
-            f1 = r[:, :, :-1].transpose(1, 2).reshape(-1, k, h, w)
-            f2 = r[:, :, 1:].transpose(1, 2).reshape(-1, k, h, w)
-            flow = layer(f1, f2)  # (N * (T_in - 1), 2k, H, W)
-            r = flow.reshape(n, t_in - 1, 2 * k, h, w).transpose(1, 2)
+        r = unfold_time(self.reduce(fold_time(x)), t)
+        for index, layer in enumerate(self.flows):
+            if index > 0 and self.between:
+                r = unfold_time(self.between[index - 1](fold_time(r)), r.shape[2])
+            r = self._flow(layer, r)
         t_out = t - self.stacked
-        y = self.bn(self.expand(r.transpose(1, 2).reshape(n * t_out, -1, h, w)))
-        base = x[:, :, :t_out].transpose(1, 2).reshape(n * t_out, c, h, w)
-        if self.merge == "add":
-            y = base + y
-        elif self.merge == "multiply":
-            y = base * y
-        elif self.merge == "concat":
-            assert self.mix is not None
-            y = self.mix(torch.cat([base, y], 1))
-        elif self.merge == "layer_multiply":
-            assert self.mix is not None
-            y = self.mix(base) * y
-        return F.relu(y).reshape(n, t_out, c, h, w).transpose(1, 2)
+        y = self.bn(self.expand(fold_time(r)))
+        base = fold_time(x[:, :, :t_out])
+        return unfold_time(F.relu(self._merge(base, y)), t_out)
 
 
 def flow_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
