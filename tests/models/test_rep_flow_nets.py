@@ -191,7 +191,7 @@ def test_gradients_reach_every_flow_parameter_in_a_network() -> None:
     loss = torch.nn.functional.cross_entropy(model(_clip()), torch.tensor([0, 2]))
     loss.backward()
     params = list(flow_parameters(model))
-    assert len(params) == 2 * 7
+    assert len(params) == 2 * 9
     for p in params:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
@@ -235,17 +235,17 @@ def test_parameter_counts() -> None:
     assert counts["rgb_r2plus1d_18"] == tv["r2plus1d_18"]
     assert counts["rgb_r3d_18"] == tv["r3d_18"]
     assert counts == {
-        "repflow_resnet18": 11_459_831,
-        "repflow_resnet34": 21_567_991,
-        "repflow_resnet50": 24_639_991,
-        "repflow_fcf_resnet34": 21_586_430,
-        "repflow_fcf_resnet50": 24_658_430,
+        "repflow_resnet18": 11_459_835,
+        "repflow_resnet34": 21_567_995,
+        "repflow_resnet50": 24_639_995,
+        "repflow_fcf_resnet34": 21_586_438,
+        "repflow_fcf_resnet50": 24_658_438,
         "rgb_r2plus1d_18": 31_505_325,
-        "repflow_r2plus1d_18": 31_583_444,
-        "repflow_fcf_r2plus1d_18": 31_601_883,
-        "repflow_fcf_r2plus1d_50": 54_280_489,
+        "repflow_r2plus1d_18": 31_583_448,
+        "repflow_fcf_r2plus1d_18": 31_601_891,
+        "repflow_fcf_r2plus1d_50": 54_280_497,
         "rgb_r3d_18": 33_371_472,
-        "repflow_r3d_18": 33_449_591,
+        "repflow_r3d_18": 33_449_595,
         "two_stream_resnet34": 43_033_056,
     }
     ratio = counts["repflow_resnet34"] / counts["two_stream_resnet34"]

@@ -37,7 +37,8 @@ identity), "none", "multiply", "concat", "layer_multiply" (how the flow feature 
 the features it was computed from, see ``FlowBlock``) or "late" (a separate RGB network of
 the same kind, logits averaged with the flow network built with merge "none", Fig. 4b).
 
-The networks use the flow layer's defaults unless ``normalize_sobel=True``.
+The networks use the flow layer's units, pixels (Sobel / 8), unless ``normalize_sobel=False``
+(the printed kernels: flow in 1/8 px).
 ``non_local=True`` adds a non-local block after block 4 (Table 9).
 """
 
@@ -107,7 +108,7 @@ class RepFlowResNet(nn.Module):
         iterations: int = ITERATIONS,
         flow_channels: int = FLOW_CHANNELS,
         learn: str | Sequence[str] = LEARN_DEFAULT,
-        normalize_sobel: bool = False,
+        normalize_sobel: bool = True,
         non_local: bool = False,
         dropout: float = DEFAULT_DROPOUT,
         weights: str | os.PathLike[str] | None = None,
@@ -277,7 +278,7 @@ def repflow_resnet(
     iterations: Positive = ITERATIONS,
     flow_channels: Positive = FLOW_CHANNELS,
     learn: str | Sequence[str] = LEARN_DEFAULT,
-    normalize_sobel: bool = False,
+    normalize_sobel: bool = True,
     non_local: bool = False,
 ) -> RepFlowResNet:
     """A ResNet (2D, R(2+1)D or R3D) with a representation-flow block (see the module)."""
