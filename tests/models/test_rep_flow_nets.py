@@ -126,6 +126,7 @@ def test_residual_flow_block_starts_as_the_identity(flow: str) -> None:
     model.flow.train()  # batch statistics: the BN's output is still gamma * x_hat + beta = 0
     out = model.flow(x)
     torch.testing.assert_close(out, x[:, :, : out.shape[2]], atol=0, rtol=0)
+    assert torch.equal(FlowBlock(8, 2, zero_init=False).bn.weight, torch.ones(8))
 
 
 def _randomized(model: nn.Module) -> nn.Module:

@@ -534,10 +534,10 @@ class FlowBlock(nn.Module):
     -> one merge at the end, as the released (2+1)D code does (it converts 2C' -> C' with a
     3x3 then a 1x1 conv; one 3x3 conv does both here).
 
-    With ``merge="add"`` the BN's gamma starts at 0, so the block starts as the identity on
-    its (post-ReLU) input: a pretrained trunk is unchanged at step 0 (the released code
-    zero-initialises the same BN). The other merges start at gamma = 1: with gamma = 0 they
-    would start from a constant feature.
+    With ``merge="add"`` the BN's gamma starts at 0 (``zero_init=False``: 1), so the block
+    starts as the identity on its (post-ReLU) input: a pretrained trunk is unchanged at
+    step 0 (the released code zero-initialises the same BN). The other merges start at
+    gamma = 1: with gamma = 0 they would start from a constant feature.
 
     Temporal alignment: output frame t holds the flow from frame t to t + 1 (for two layers,
     of the frames t, t + 1, t + 2) and is merged with input frame t; the last frames are
@@ -555,6 +555,7 @@ class FlowBlock(nn.Module):
         stacked: int = 1,
         conv_between: bool = False,
         merge: str = "add",
+        zero_init: bool = True,
         **flow_kwargs: object,
     ) -> None:
         super().__init__()
@@ -578,7 +579,7 @@ class FlowBlock(nn.Module):
         out_flow = 2 * flow_channels if conv_between else flow_channels * 2**stacked
         self.expand = nn.Conv2d(out_flow, in_channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(in_channels)
-        if merge == "add":
+        if merge == "add" and zero_init:
             nn.init.zeros_(self.bn.weight)
         self.mix: nn.Module | None = None
         if merge in ("concat", "layer_multiply"):
