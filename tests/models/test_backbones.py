@@ -98,10 +98,40 @@ def test_video_weights_come_from_the_torch_hub_cache(
     net = backbones.video_resnet(arch, 18, "KINETICS400_V1")  # type: ignore[arg-type]
     for key, value in source.state_dict().items():
         assert torch.equal(net.state_dict()[key], value), key
-    with pytest.raises(VidactError, match="unknown weights 'IMAGENET1K_V1' for " + arch):
-        backbones.video_resnet(arch, 18, "IMAGENET1K_V1")  # type: ignore[arg-type]
+    if arch == "r2plus1d":  # (2+1)D middle widths have no 2D counterpart
+        with pytest.raises(VidactError, match="unknown weights 'IMAGENET1K_V1' for r2plus1d"):
+            backbones.video_resnet(arch, 18, "IMAGENET1K_V1")
     with pytest.raises(VidactError, match="local .pth"):
         backbones.video_resnet(arch, 50, "KINETICS400_V1")  # type: ignore[arg-type]
+
+
+def test_imagenet_weights_inflate_into_r3d_as_i3d(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """I3D inflation (kernel repeated over 3 frames / 3) keeps the 2D features on a clip of
+    identical frames, away from the temporal zero padding (eval-mode BN). The r3d stem has
+    no max-pool, so the 2D reference skips it too."""
+    torch.manual_seed(1)
+    src = backbones.resnet2d(18).eval()
+    with torch.no_grad():
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    torch.save(src.state_dict(), cache / Path(url).name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
+    net = backbones.video_resnet("r3d", 18, "IMAGENET1K_V1").eval()
+    frame = torch.randn(1, 3, 16, 16)
+    clip = frame.unsqueeze(2).repeat(1, 1, 11, 1, 1)
+    with torch.no_grad():
+        ref = src.layer1(src.relu(src.bn1(src.conv1(frame))))
+        out = net.layer1(net.stem(clip))
+    # temporal receptive radius 1 (stem) + 4 (layer1): the middle frame never sees padding
+    torch.testing.assert_close(out[:, :, 5], ref, rtol=1e-4, atol=1e-4)
 
 
 def _no_download(*args: object, **kwargs: object) -> None:

@@ -15,7 +15,8 @@ Public helpers (other model families build on these):
   the ``VidactError`` names the weights and tells the user to pass a local ``.pth``.
 - ``video_resnet(arch="r2plus1d" | "r3d", depth=18 | 34 | 50, weights=None)``:
   torchvision's ``VideoResNet`` (``r2plus1d_18`` / ``r3d_18`` themselves at depth 18, the
-  same blocks at 34 and 50), so torchvision's Kinetics-400 weights load key for key.
+  same blocks at 34 and 50), so torchvision's Kinetics-400 weights load key for key; R3D
+  also takes ImageNet weights, inflated as I3D does (``inflate_imagenet``).
 - ``NonLocalBlock``: the embedded-Gaussian non-local block of Wang et al. (CVPR 2018) over
   (T, H, W), used by the rep-flow paper's Table 9 "(2+1)D + FcF + Non-local" model.
 - ``fold_time`` / ``unfold_time``: (N, C, T, H, W) <-> (N*T, C, H, W) for per-frame 2D CNNs.
@@ -27,6 +28,7 @@ Every ResNet here is the torchvision module, so ``conv1, bn1, relu, maxpool, lay
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -125,7 +127,18 @@ def load_weights(
     """Load ``weights`` into ``module`` (no-op for None). See the module docstring."""
     if weights is None:
         return
-    source = state_dict_from(weights, arch)
+    label = f"weights {os.fspath(weights)} do not fit {arch or type(module).__name__}"
+    fit_state_dict(module, state_dict_from(weights, arch), label, ignore_prefixes)
+
+
+def fit_state_dict(
+    module: nn.Module,
+    source: Mapping[str, Tensor],
+    label: str,
+    ignore_prefixes: tuple[str, ...] = ("fc.",),
+) -> None:
+    """Load ``source`` into ``module``: every key but ``ignore_prefixes`` must match in name
+    and shape (else a ``VidactError`` starting with ``label``)."""
     own = module.state_dict()
     missing = [k for k in own if k not in source and not k.startswith(ignore_prefixes)]
     wrong = [
@@ -141,10 +154,7 @@ def load_weights(
             for what, keys in problems.items()
             if keys
         )
-        raise VidactError(
-            f"weights {os.fspath(weights)} do not fit {arch or type(module).__name__}: {detail}; "
-            "pass weights of the same architecture"
-        )
+        raise VidactError(f"{label}: {detail}; pass weights of the same architecture")
     usable = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
     module.load_state_dict(usable, strict=False)
 
@@ -222,11 +232,43 @@ def video_resnet(
     ``arch="r3d"``: full 3x3x3 convs (Tran et al.'s R3D). Both have a stem without max-pool
     and stride 2 in time and space in layer2-4. ``weights``: a torchvision weights name of
     ``{arch}_18`` ("KINETICS400_V1", "DEFAULT", from the torch hub cache) or a local .pth of
-    the same architecture; depths 34 and 50 have no torchvision weights.
+    the same architecture; depths 34 and 50 have no torchvision weights. For ``"r3d"``,
+    ImageNet weights of the 2D ResNet of the same depth ("IMAGENET1K_V1") are inflated as
+    I3D does (``inflate_imagenet``), as the rep-flow paper's Table 6 starts its 3D CNN.
     """
     model = _video_builder(arch, depth)
+    if arch == "r3d" and weights is not None and _is_imagenet_name(weights, depth):
+        state = inflate_imagenet(state_dict_from(weights, f"resnet{depth}"))
+        fit_state_dict(model, state, f"weights {weights} inflated do not fit r3d-{depth}")
+        return model
     load_weights(model, weights, arch=f"{arch}_18" if depth == 18 else None)
     return model
+
+
+def _is_imagenet_name(weights: str | os.PathLike[str], depth: int) -> bool:
+    member = os.fspath(weights).split(".")[-1]
+    enum = torchvision.models.get_model_weights(f"resnet{depth}")
+    return not _is_path(weights) and member in enum.__members__ and member != "DEFAULT"
+
+
+def inflate_imagenet(state: Mapping[str, Tensor], time_kernel: int = 3) -> dict[str, Tensor]:
+    """A 2D torchvision ResNet state dict as one of torchvision's R3D of the same depth:
+    I3D inflation (Carreira & Zisserman 2017, section 2.3), each k x k kernel (k > 1)
+    repeated over ``time_kernel`` frames and divided by it, so a clip of identical frames
+    gives the 2D response; 1 x 1 kernels become 1 x 1 x 1. Keys are renamed (conv1 / bn1 ->
+    stem.0 / stem.1, a block's conv{i} / bn{i} -> conv{i}.0 / conv{i}.1)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(("conv1.", "bn1.")):
+            new = key.replace("conv1.", "stem.0.").replace("bn1.", "stem.1.")
+        else:
+            new = re.sub(r"\.conv(\d)\.", r".conv\1.0.", key)
+            new = re.sub(r"\.bn(\d)\.", r".conv\1.1.", new)
+        if value.dim() == 4:  # a conv kernel (out, in, kh, kw)
+            t = time_kernel if value.shape[-1] > 1 else 1
+            value = value.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+        out[new] = value
+    return out
 
 
 # --------------------------------------------------------------------------- non-local
@@ -269,6 +311,7 @@ __all__ = [
     "VIDEO_DEPTHS",
     "NonLocalBlock",
     "fold_time",
+    "inflate_imagenet",
     "load_weights",
     "resnet2d",
     "stage_channels",
