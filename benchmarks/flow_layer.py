@@ -45,7 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from tests.models.reference_flow import reference_flow_of  # noqa: E402
-from vidact.models.rep_flow import SOBEL_GAIN, RepresentationFlow  # noqa: E402
+from vidact.models.rep_flow import SOBEL_GAIN, RepresentationFlow, compile_error  # noqa: E402
 
 # name: (pairs, C', H, W, iterations)
 SHAPES = {
@@ -166,6 +166,8 @@ def child(
         t0 = time.perf_counter()
         step()  # warm-up only (compiles, for fast-compiled)
         first_s = time.perf_counter() - t0
+        if variant == "fast-compiled" and compile_error() is not None:
+            raise RuntimeError(f"torch.compile failed: {compile_error()}")
         peak_mib = 0.0
     elif device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

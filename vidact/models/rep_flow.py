@@ -318,6 +318,11 @@ _compiled_fns: dict[str, Callable[..., Any]] = {}
 _compile_failed: list[str] = []  # the error, once compilation failed here
 
 
+def compile_error() -> str | None:
+    """Why torch.compile of the flow iterations failed in this process (None: it did not)."""
+    return _compile_failed[0] if _compile_failed else None
+
+
 def _run(fn: Callable[..., Any], compiled: bool, *args: Any) -> Any:
     """fn(*args), through torch.compile when asked (inductor fuses one iteration's
     elementwise and shifted-view work into a few loops), falling back to eager, with one
@@ -653,6 +658,7 @@ __all__ = [
     "FLOW_LR_SCALE",
     "FlowBlock",
     "RepresentationFlow",
+    "compile_error",
     "flow_parameters",
     "normalize_range",
 ]
