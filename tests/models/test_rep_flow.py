@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,6 +117,39 @@ def test_float32_backward_paths_agree_with_reference(
         for name, a, b in zip(names, g, g_ref, strict=True):
             tol = 1e-3 if name == "theta" else 1e-4
             assert ((a - b).norm() / b.norm()).item() < tol, (name, custom, checkpoint)
+
+
+def test_compiled_iterations_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compiled=True traces each iteration and its hand-written backward with
+    torch.compile; with the "aot_eager" backend (the same graph capture and
+    functionalisation of the in-place gradient accumulation as inductor, without the slow
+    C++ code generation) forward and gradients equal the eager layer's."""
+    monkeypatch.setattr(rf, "_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(rf, "_compiled_fns", {})
+    monkeypatch.setattr(rf, "_compile_failed", [])
+    f1, f2 = (t.float().requires_grad_() for t in _pair())
+    eager = RepresentationFlow(iterations=3, learn="all")
+    compiled = RepresentationFlow(iterations=3, learn="all", compiled=True)
+    out, want = compiled(f1, f2), eager(f1, f2)
+    torch.testing.assert_close(out, want)
+    got = torch.autograd.grad(out.square().sum(), [f1, *compiled.parameters()])
+    ref = torch.autograd.grad(want.square().sum(), [f1, *eager.parameters()])
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+    assert set(rf._compiled_fns) == {"_step:aot_eager", "_step_backward:aot_eager"}
+    assert not rf._compile_failed
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rf, "_COMPILE_BACKEND", "no_such_backend")
+    monkeypatch.setattr(rf, "_compiled_fns", {})
+    monkeypatch.setattr(rf, "_compile_failed", [])
+    f1, f2 = _pair(torch.float32)
+    with pytest.warns(RuntimeWarning, match="running the flow layer eagerly"):
+        out = RepresentationFlow(iterations=2, compiled=True)(f1, f2)
+    torch.testing.assert_close(out, RepresentationFlow(iterations=2)(f1, f2))
+    monkeypatch.setenv(rf.COMPILE_ENV, "1")
+    assert RepresentationFlow().compiled and not RepresentationFlow(compiled=False).compiled
 
 
 def _pattern(dx: float, dy: float, n: int = 40) -> torch.Tensor:
@@ -231,6 +266,17 @@ def test_flow_high_frequency_share_stays_small(grad_u: str, most: float) -> None
         assert share <= most
         if grad_u == "sobel" and iterations >= 20:
             assert share > 0.5
+
+
+def test_benchmark_plain_baseline_computes_the_layers_flow() -> None:
+    """benchmarks/flow_layer.py's plain implementation (one conv2d per operator, masks,
+    autograd), the speed baseline, computes the default layer's flow and gradients."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "flow_layer.py"
+    spec = importlib.util.spec_from_file_location("flow_layer_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.check_plain(torch.device("cpu"))
 
 
 def test_channels_are_independent_and_flat_input_is_safe() -> None:

@@ -55,8 +55,10 @@ float32 (float64 for float64 input) with autocast disabled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -311,6 +313,37 @@ def _divergence_backward(
 
 
 _DIFFERENTIABLE = ("rho_c", "grad_f2", "inv_sq", "lam_theta", "theta", "tau_theta", "wx", "wy")
+COMPILE_ENV = "VIDACT_COMPILE_FLOW"  # "1": every layer built with compiled=None compiles
+_COMPILE_BACKEND = "inductor"  # torch.compile backend (tests use a lighter one)
+_compiled_fns: dict[str, Callable[..., Any]] = {}
+_compile_failed: list[str] = []  # the error, once compilation failed here
+
+
+def compile_error() -> str | None:
+    """Why torch.compile of the flow iterations failed in this process (None: it did not)."""
+    return _compile_failed[0] if _compile_failed else None
+
+
+def _run(fn: Callable[..., Any], compiled: bool, *args: Any) -> Any:
+    """fn(*args), through torch.compile when asked (inductor fuses one iteration's
+    elementwise and shifted-view work into a few loops), falling back to eager, with one
+    warning, where compilation is unavailable (no C++ compiler, unsupported platform)."""
+    if not compiled or _compile_failed:
+        return fn(*args)
+    key = f"{fn.__name__}:{_COMPILE_BACKEND}"
+    try:
+        if key not in _compiled_fns:
+            _compiled_fns[key] = torch.compile(fn, backend=_COMPILE_BACKEND, dynamic=False)
+        return _compiled_fns[key](*args)
+    except Exception as error:  # a missing compiler surfaces as many exception types
+        _compile_failed.append(str(error).splitlines()[0] if str(error) else repr(error))
+        warnings.warn(
+            f"representation flow: torch.compile failed ({_compile_failed[0]}); running the "
+            f"flow layer eagerly (unset {COMPILE_ENV} or pass compiled=False to silence this)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return fn(*args)
 
 
 class _Iterations(torch.autograd.Function):
@@ -326,6 +359,7 @@ class _Iterations(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         iterations: int,
         gain: float,
+        compiled: bool,
         fx: Tensor | None,
         fy: Tensor | None,
         *tensors: Tensor,
@@ -337,10 +371,11 @@ class _Iterations(torch.autograd.Function):
         u, p = us[0].clone(), ps[0].clone()
         for k in range(iterations):
             us[k], ps[k] = u, p
-            u, p = _step(u, p, t)
+            u, p = _run(_step, compiled, u, p, t)
         taps = () if fx is None or fy is None else (fx, fy)
         ctx.save_for_backward(*tensors, *taps, us, ps)
         ctx.gain = gain  # type: ignore[attr-defined]
+        ctx.compiled = compiled  # type: ignore[attr-defined]
         return u
 
     @staticmethod
@@ -357,8 +392,9 @@ class _Iterations(torch.autograd.Function):
             acc["fx"], acc["fy"] = torch.zeros_like(fx), torch.zeros_like(fy)
         du, dp = grad_out.contiguous(), torch.zeros_like(ps[0])
         for k in range(us.shape[0] - 1, -1, -1):
-            du, dp = _step_backward(t, us[k], ps[k], du, dp, acc)
-        return None, None, acc.get("fx"), acc.get("fy"), *(acc[k] for k in _DIFFERENTIABLE)
+            du, dp = _run(_step_backward, ctx.compiled, t, us[k], ps[k], du, dp, acc)  # type: ignore[attr-defined]
+        fx_grad, fy_grad = acc.get("fx"), acc.get("fy")
+        return None, None, None, fx_grad, fy_grad, *(acc[k] for k in _DIFFERENTIABLE)
 
 
 class RepresentationFlow(nn.Module):
@@ -374,12 +410,16 @@ class RepresentationFlow(nn.Module):
             Eq. 10 as printed, which is not adjoint to Eq. 9 and does not converge (see
             docs/flow.md).
         normalize_sobel: True (default): Sobel / 8, flow in pixels; False: the printed
-            kernels, every gradient 8x, flow in 1/8 px.
+            kernels, grad F2 8x, flow in 1/8 px.
         tau, lam, theta: initial values (default: the classic TV-L1 values above).
         checkpoint: with autograd, recompute each iteration in the backward pass (exact,
             bounded memory).
         custom_backward: use the hand-written exact backward where it applies (every
             setting but grad_u="sobel" with learned Sobel kernels; fastest).
+        compiled: run each iteration (forward and hand-written backward) through
+            torch.compile; None (default): when the environment sets VIDACT_COMPILE_FLOW=1.
+            The first call per shape compiles (tens of seconds on a CPU; cached on disk by
+            torch); falls back to eager with a warning where compilation fails.
     """
 
     def __init__(
@@ -399,6 +439,7 @@ class RepresentationFlow(nn.Module):
         grad_u: str = "forward",
         grad_x: Sequence[float] = GRAD_X,
         grad_y: Sequence[float] = GRAD_Y,
+        compiled: bool | None = None,
     ) -> None:
         super().__init__()
         if iterations < 1:
@@ -410,6 +451,7 @@ class RepresentationFlow(nn.Module):
         self.grad_u = grad_u
         self.checkpoint = checkpoint
         self.custom_backward = custom_backward
+        self.compiled = os.environ.get(COMPILE_ENV) == "1" if compiled is None else compiled
         groups = _learn_set(learn)
         divergence: dict[str, object] = {"div_x": div_x, "div_y": div_y}
         if grad_u == "forward":
@@ -496,7 +538,9 @@ class RepresentationFlow(nn.Module):
             custom = t.kx is None and self.custom_backward
             if custom and torch.is_grad_enabled():
                 tensors = (t.rho_c, t.grad_f2, t.inv_sq, t.lam_theta, t.theta, t.tau_theta)
-                u = _Iterations.apply(self.iterations, t.gain, t.fx, t.fy, *tensors, t.wx, t.wy)
+                u = _Iterations.apply(
+                    self.iterations, t.gain, self.compiled, t.fx, t.fy, *tensors, t.wx, t.wy
+                )
                 return u.reshape(b, 2 * c, h, w)
             u = t.grad_f2.new_zeros(b * c, 2, h, w)
             p = t.grad_f2.new_zeros(b * c, 2, 2, h, w)
@@ -505,7 +549,7 @@ class RepresentationFlow(nn.Module):
                 if recompute:
                     u, p = checkpoint(_step, u, p, t, use_reentrant=False)
                 else:
-                    u, p = _step(u, p, t)
+                    u, p = _run(_step, self.compiled and not torch.is_grad_enabled(), u, p, t)
         return u.reshape(b, 2 * c, h, w)
 
 
@@ -641,6 +685,7 @@ __all__ = [
     "FLOW_LR_SCALE",
     "FlowBlock",
     "RepresentationFlow",
+    "compile_error",
     "flow_parameters",
     "normalize_range",
 ]
