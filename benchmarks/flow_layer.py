@@ -1,21 +1,29 @@
-"""Representation flow layer: fast layer vs the literal Algorithm 1 of the tests.
+"""Representation flow layer: vidact's fast layer against the strongest plain implementation.
 
-Setting: B*T = 16 frame pairs, C' = 32 channels, 28 x 28 (the rep-flow paper's "after block
-3" size at 224 px), 10 and 20 iterations, default learnable parameters (divergence + tau,
-lambda, theta). Prints, per variant: forward time (grad enabled, as in training),
-forward + backward time, and the peak memory of one forward + backward, then the ratios
-literal / fast. Every measurement runs in its own child process so that peaks are not
-hidden by memory the allocator kept from an earlier variant (CPU: peak RSS over the
-step, from /proc/self/status VmHWM after resetting it; CUDA: max_memory_allocated).
+"plain" (``plain_flow`` below) is what a researcher would write: all channels and frames
+batched through one ``F.conv2d`` per operator (Sobel, divergence, grad u), boolean masks
+for the three cases of Eq. 3, autograd for the backward (whole graph kept). It computes
+the same flow as the layer's default (forward-difference grad u; checked here before
+timing, and in tests/models/test_rep_flow.py). "fast" is vidact's layer as the networks
+use it (learned divergence, grad u taps, tau, lambda, theta; hand-written exact backward
+that keeps only the per-iteration state); "fast-compiled" the same through torch.compile
+(inductor; its first call, which compiles, is reported separately); "fast-ckpt" /
+"fast-nockpt" are its vectorised ops through autograd with / without
+``torch.utils.checkpoint``; "reference" is the literal per-equation loop of
+tests/models/reference_flow.py (slow; small shapes only).
 
-Variants: "reference" (tests/models/reference_flow.py: per channel, masked three-case
-assignment, full autograd graph); "fast" (vidact's layer as the networks use it: vectorised,
-hand-written exact backward that recomputes each iteration from the stored state);
-"fast-ckpt" (the same vectorised ops through autograd with torch.utils.checkpoint per
-iteration, the path taken when the Sobel kernels are learned); "fast-nockpt" (autograd,
-whole graph kept) to show what the recomputation buys.
+Shapes (the flow layer's input, pairs x C' x H x W, and iterations), from the networks:
+quickstart (batch 8 x 7 pairs, C' = 16, 16 x 16, 10 iterations); ResNet block 3 and block 4
+at batch 2 x 8 pairs, C' = 32 (28 x 28, 14 x 14, 20 iterations); and (16, 128, 28, 28),
+the issue's (2, 128, 9, 28, 28) clip block taken as the layer's input, 20 iterations.
 
-    python benchmarks/flow_layer.py [--device cuda] [--iterations 10 20] [--repeats 3]
+Per variant and shape: forward time (grad enabled, as in training), forward + backward
+time (median of --repeats), peak memory of one forward + backward; then plain / fast.
+Every measurement runs in its own child process so that peaks are not hidden by memory
+the allocator kept from an earlier variant (CPU: peak RSS over the step, from
+/proc/self/status VmHWM after resetting it; CUDA: max_memory_allocated).
+
+    python benchmarks/flow_layer.py [--device cuda] [--shapes quickstart res3] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -33,12 +41,64 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from tests.models.reference_flow import reference_flow_of  # noqa: E402
-from vidact.models.rep_flow import RepresentationFlow  # noqa: E402
+from vidact.models.rep_flow import SOBEL_GAIN, RepresentationFlow, compile_error  # noqa: E402
 
-SHAPE = (16, 32, 28, 28)  # B*T, C', H, W
-VARIANTS = ("reference", "fast", "fast-ckpt", "fast-nockpt")
+# name: (pairs, C', H, W, iterations)
+SHAPES = {
+    "quickstart": (56, 16, 16, 16, 10),
+    "res3": (16, 32, 28, 28, 20),
+    "res4": (16, 32, 14, 14, 20),
+    "issue": (16, 128, 28, 28, 20),
+}
+VARIANTS = ("plain", "fast", "fast-compiled", "fast-ckpt", "fast-nockpt", "reference")
+
+
+def plain_flow(layer: RepresentationFlow, f1: Tensor, f2: Tensor) -> Tensor:
+    """The layer's default Algorithm 1 (forward-difference grad u), written plainly: one
+    conv2d per operator over all B*C maps, masks for Eq. 3, autograd for the backward."""
+    b, c, h, w = f1.shape
+    x1, x2 = f1.reshape(b * c, 1, h, w), f2.reshape(b * c, 1, h, w)
+    scale = 1.0 / SOBEL_GAIN if layer.normalize_sobel else 1.0
+    # Eq. 8 as a true convolution: correlate with the flipped kernels, replicated border
+    sobel = torch.stack([layer.sobel_x, layer.sobel_y]).flip(-1, -2)[:, None] * scale
+    g = F.conv2d(F.pad(x2, (1, 1, 1, 1), mode="replicate"), sobel)  # (M, 2, H, W)
+    sq = (g * g).sum(1, keepdim=True)
+    safe_sq = torch.where(sq > 0, sq, torch.ones_like(sq))
+    lt = layer.lam * layer.theta
+    a = layer.tau / layer.theta
+    zero = layer.div_x.new_zeros(())
+    wx, wy, fx, fy = layer.div_x, layer.div_y, layer.grad_x, layer.grad_y
+    # Eq. 9 on p (M, 4, H, W) = (p_x of u_x, p_y of u_x, p_x of u_y, p_y of u_y), padded
+    # left and top: out[i, j] = wx0 p_x[i, j-1] + wx1 p_x[i, j] + wy0 p_y[i-1, j] + wy1 p_y
+    k_px = torch.stack([torch.stack([zero, zero]), wx])
+    k_py = torch.stack([torch.stack([zero, wy[0]]), torch.stack([zero, wy[1]])])
+    div_w = torch.stack([k_px, k_py])[None].expand(2, 2, 2, 2)
+    # grad u: forward differences on u padded right and bottom, masked to 0 (Neumann)
+    k_x = torch.stack([fx, torch.stack([zero, zero])])
+    k_y = torch.stack([torch.stack([fy[0], zero]), torch.stack([fy[1], zero])])
+    grad_w = torch.stack([k_x, k_y])[:, None].repeat(2, 1, 1, 1)  # (4, 1, 2, 2)
+    neumann = torch.ones(1, 4, h, w, dtype=f1.dtype, device=f1.device)
+    neumann[:, 0::2, :, -1] = 0
+    neumann[:, 1::2, -1, :] = 0
+    rho_c = x2 - x1
+    u = x1.new_zeros(b * c, 2, h, w)
+    p = x1.new_zeros(b * c, 4, h, w)
+    for _ in range(layer.iterations):
+        rho = rho_c + (g * u).sum(1, keepdim=True)  # Eq. 2
+        below, above = rho < -lt * sq, rho > lt * sq  # Eq. 3's three cases
+        inside = ~(below | above) & (sq > 0)
+        zeros = torch.zeros_like(g)
+        step = torch.where(below, lt * g, torch.where(above, -lt * g, zeros))
+        step = torch.where(inside, -rho / safe_sq * g, step)
+        u = u + step + layer.theta * F.conv2d(F.pad(p, (1, 0, 1, 0)), div_w, groups=2)  # Eq. 4
+        gu = F.conv2d(F.pad(u, (0, 1, 0, 1)), grad_w, groups=2) * neumann
+        norm = torch.sqrt(gu[:, 0::2] ** 2 + gu[:, 1::2] ** 2 + 1e-12).repeat_interleave(2, 1)
+        p = (p + a * gu) / (1 + a * norm)  # Eq. 5
+    return u.reshape(b, 2 * c, h, w)
 
 
 def _status_kib(field: str) -> int:
@@ -53,23 +113,49 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def child(
-    variant: str, iterations: int, device_name: str, repeats: int, what: str
-) -> dict[str, float]:
-    """Measure one variant in this (fresh) process: its peak memory or its times."""
-    device = torch.device(device_name)
-    torch.manual_seed(0)
-    f1 = (torch.rand(SHAPE, device=device) * 255).requires_grad_()
-    f2 = (f1.detach() + torch.randn(SHAPE, device=device) * 10).requires_grad_()
+def _layer(variant: str, iterations: int, device: torch.device) -> RepresentationFlow:
     layer = RepresentationFlow(
         iterations=iterations,
         checkpoint=variant != "fast-nockpt",
-        custom_backward=variant == "fast",
-    ).to(device)
+        custom_backward=variant in ("fast", "fast-compiled"),
+        compiled=variant == "fast-compiled",
+    )
+    return layer.to(device)
 
-    def forward() -> torch.Tensor:
+
+def check_plain(device: torch.device) -> None:
+    """plain_flow must compute the layer's flow and gradients before it is timed."""
+    torch.manual_seed(0)
+    f1 = (torch.rand(4, 3, 12, 12, device=device) * 255).requires_grad_()
+    f2 = (f1.detach() + torch.randn_like(f1) * 10).requires_grad_()
+    layer = _layer("fast", 5, device)
+    out, ref = plain_flow(layer, f1, f2), layer(f1, f2)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    inputs = [f1, f2, *layer.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(out.square().sum(), inputs),
+        torch.autograd.grad(ref.square().sum(), inputs),
+        strict=True,
+    ):
+        assert ((a - b).norm() / b.norm()).item() < 1e-4
+
+
+def child(
+    variant: str, shape_name: str, device_name: str, repeats: int, what: str
+) -> dict[str, float]:
+    """Measure one variant in this (fresh) process: its peak memory or its times."""
+    device = torch.device(device_name)
+    pairs, channels, h, w, iterations = SHAPES[shape_name]
+    torch.manual_seed(0)
+    f1 = (torch.rand(pairs, channels, h, w, device=device) * 255).requires_grad_()
+    f2 = (f1.detach() + torch.randn_like(f1) * 10).requires_grad_()
+    layer = _layer(variant, iterations, device)
+
+    def forward() -> Tensor:
         if variant == "reference":
             return reference_flow_of(layer, f1, f2)
+        if variant == "plain":
+            return plain_flow(layer, f1, f2)
         return layer(f1, f2)
 
     def step() -> None:
@@ -77,7 +163,11 @@ def child(
 
     # peak memory of one forward + backward (also the warm-up)
     if what == "time":
-        step()  # warm-up only
+        t0 = time.perf_counter()
+        step()  # warm-up only (compiles, for fast-compiled)
+        first_s = time.perf_counter() - t0
+        if variant == "fast-compiled" and compile_error() is not None:
+            raise RuntimeError(f"torch.compile failed: {compile_error()}")
         peak_mib = 0.0
     elif device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -90,9 +180,10 @@ def child(
         base = _status_kib("VmRSS")
         step()
         peak_mib = (_status_kib("VmHWM") - base) / 1024
-    n = repeats if what == "time" else 0  # the same number of runs for every variant
+    if what == "memory":
+        return {"peak_mib": peak_mib}
     fwd, both = [], []
-    for _ in range(n):
+    for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         out = forward()
@@ -104,27 +195,14 @@ def child(
         fwd.append(t1 - t0)
         both.append(t2 - t0)
         del out
-    if what == "memory":
-        return {"peak_mib": peak_mib}
-    return {"forward_s": statistics.median(fwd), "fwd_bwd_s": statistics.median(both)}
+    return {
+        "forward_s": statistics.median(fwd),
+        "fwd_bwd_s": statistics.median(both),
+        "first_s": first_s,
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--iterations", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "ITERATIONS", "WHAT"))
-    args = parser.parse_args()
-    if args.child:
-        result = child(args.child[0], int(args.child[1]), args.device, args.repeats, args.child[2])
-        print(json.dumps(result))
-        return
-    print(
-        f"representation flow layer, B*T={SHAPE[0]}, C'={SHAPE[1]}, {SHAPE[2]}x{SHAPE[3]}, "
-        f"device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+def _measure(variant: str, shape: str, args: argparse.Namespace) -> dict[str, float]:
     # Memory runs use a fixed mmap threshold: freed tensors go back to the OS, so RSS
     # follows live memory (glibc's dynamic threshold would keep freed blocks and inflate
     # later peaks). Timing runs use the normal allocator: with that threshold every large
@@ -133,28 +211,55 @@ def main() -> None:
         "memory": {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
         "time": dict(os.environ),
     }
-    for iterations in args.iterations:
-        results: dict[str, dict[str, float]] = {}
-        for variant in args.variants:
-            r = results[variant] = {}
-            for what, env in envs.items():
-                cmd = [sys.executable, __file__, "--child", variant, str(iterations), what]
-                cmd += ["--device", args.device, "--repeats", str(args.repeats)]
-                run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-                r.update(json.loads(run.stdout.strip().splitlines()[-1]))
+    result: dict[str, float] = {}
+    for what, env in envs.items():
+        cmd = [sys.executable, __file__, "--child", variant, shape, what]
+        cmd += ["--device", args.device, "--repeats", str(args.repeats)]
+        run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        result.update(json.loads(run.stdout.strip().splitlines()[-1]))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="example: python benchmarks/flow_layer.py --shapes res3 --variants plain fast",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--variants", nargs="+", default=["plain", "fast", "fast-ckpt"], choices=VARIANTS
+    )
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "SHAPE", "WHAT"))
+    args = parser.parse_args()
+    if args.child:
+        result = child(args.child[0], args.child[1], args.device, args.repeats, args.child[2])
+        print(json.dumps(result))
+        return
+    check_plain(torch.device(args.device))
+    print(
+        f"representation flow layer, device={args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    for shape in args.shapes:
+        pairs, channels, h, w, iterations = SHAPES[shape]
+        print(f"{shape}: ({pairs}, {channels}, {h}, {w}), {iterations} iterations")
+        results = {variant: _measure(variant, shape, args) for variant in args.variants}
+        for variant, r in results.items():
             print(
-                f"  {iterations:3d} it  {variant:12s} forward {r['forward_s'] * 1e3:9.1f} ms   "
-                f"fwd+bwd {r['fwd_bwd_s'] * 1e3:9.1f} ms   peak {r['peak_mib']:8.1f} MiB"
+                f"  {variant:12s} forward {r['forward_s'] * 1e3:9.1f} ms   "
+                f"fwd+bwd {r['fwd_bwd_s'] * 1e3:9.1f} ms   peak {r['peak_mib']:8.1f} MiB   "
+                f"first call {r['first_s']:6.1f} s"
             )
-        if "reference" in results and "fast" in results:
-            ref, fast = results["reference"], results["fast"]
-            speed = ref["forward_s"] / fast["forward_s"]
-            both = ref["fwd_bwd_s"] / fast["fwd_bwd_s"]
-            memory = ref["peak_mib"] / max(fast["peak_mib"], 1e-9)
-            print(
-                f"  {iterations:3d} it  reference/fast: forward x{speed:.1f}   "
-                f"fwd+bwd x{both:.1f}   peak memory x{memory:.1f}"
-            )
+        for name in ("fast", "fast-compiled"):
+            if "plain" in results and name in results:
+                ref, fast = results["plain"], results[name]
+                print(
+                    f"  plain/{name}: forward x{ref['forward_s'] / fast['forward_s']:.2f}   "
+                    f"fwd+bwd x{ref['fwd_bwd_s'] / fast['fwd_bwd_s']:.2f}   "
+                    f"peak memory x{ref['peak_mib'] / max(fast['peak_mib'], 1e-9):.2f}"
+                )
 
 
 if __name__ == "__main__":

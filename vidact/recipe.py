@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -386,27 +385,29 @@ def _validate(data: dict[str, Any], sources: Sources, default_source: str) -> Re
 
 
 def _check_model_kwargs(recipe: Recipe, sources: Sources, default_source: str) -> None:
-    """Reject model options that the named model's constructor does not accept."""
-    from vidact.models import _REGISTRY  # models import nothing from here: no cycle
+    """Reject model options that the named model does not take, or values it cannot use."""
+    from vidact.models import ModelOptionError, check_model_options, list_models, model_options
 
     name = recipe.model.name
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        hint = _did_you_mean(name, list(_REGISTRY))
+    if name not in list_models():
+        hint = _did_you_mean(name, list_models())
         source = _source_of(("model", "name"), sources, default_source)
         raise RecipeError(
             f"{source}: model.name: unknown model '{name}'{hint}; `vidact models` lists them"
         )
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
+    options = model_options(name)
     for key in recipe.model.model_extra or {}:
-        if key not in params:
-            loc = ("model", key)
-            source = _source_of(loc, sources, default_source)
-            where = f"{source}: " if source != OVERRIDE_SOURCE else f"--set model.{key}: "
-            candidates = [p for p in params if p != "num_classes"]
+        if key not in options:
             raise RecipeError(
-                f"{where}unknown key 'model.{key}' for model '{name}'"
-                f"{_did_you_mean(key, candidates, ('model',))}"
+                f"{_model_key_source(key, sources, default_source)}unknown key 'model.{key}' "
+                f"for model '{name}'{_did_you_mean(key, list(options), ('model',))}"
             )
+    try:
+        check_model_options(name, recipe.model.kwargs())
+    except ModelOptionError as exc:
+        raise RecipeError(f"{_model_key_source(exc.key, sources, default_source)}{exc}") from None
+
+
+def _model_key_source(key: str | None, sources: Sources, default_source: str) -> str:
+    source = _source_of(("model", key or "name"), sources, default_source)
+    return f"{source}: " if source != OVERRIDE_SOURCE else f"--set model.{key}: "

@@ -28,7 +28,7 @@ from vidact.engine.checkpoint import load_checkpoint, save_checkpoint
 from vidact.engine.evaluator import EvalResult, evaluate, read_cache
 from vidact.engine.trainer import build_datasets, build_model_for, train
 from vidact.errors import VidactError
-from vidact.models import _REGISTRY, register_model
+from vidact.models import list_models, register_model
 from vidact.recipe import recipe_from_dict
 
 runner = CliRunner()
@@ -45,8 +45,15 @@ class MeanLinearNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3, 4)))
 
 
-if "mean_linear_test_net" not in _REGISTRY:
-    register_model("mean_linear_test_net")(MeanLinearNet)
+def mean_linear_test_net(
+    *, num_classes: int, num_frames: int | None = None, dropout: float = 0.0, weights: None = None
+) -> MeanLinearNet:
+    del num_frames, weights
+    return MeanLinearNet(num_classes, dropout)
+
+
+if "mean_linear_test_net" not in list_models():
+    register_model("mean_linear_test_net")(mean_linear_test_net)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vidact.models import _REGISTRY, register_model
+from vidact.models import list_models, register_model
 
 
 class TinyVideoNet(nn.Module):
@@ -26,5 +26,17 @@ class TinyVideoNet(nn.Module):
         return self.fc(self.dropout(self.features(x).flatten(1)))
 
 
-if "tiny_test_net" not in _REGISTRY:
-    register_model("tiny_test_net")(TinyVideoNet)
+def tiny_test_net(
+    *,
+    num_classes: int,
+    num_frames: int | None = None,
+    dropout: float = 0.0,
+    weights: str | None = None,
+    in_channels: int = 3,
+) -> TinyVideoNet:
+    del num_frames, weights
+    return TinyVideoNet(num_classes, dropout, in_channels)
+
+
+if "tiny_test_net" not in list_models():
+    register_model("tiny_test_net")(tiny_test_net)

@@ -296,7 +296,7 @@ def test_imagenet_weights_load_into_the_resnet_parts(tmp_path: object) -> None:
 
 
 def test_user_errors_are_vidact_errors() -> None:
-    with pytest.raises(VidactError, match="unexpected keyword"):
+    with pytest.raises(VidactError, match="no option .frames. \\(did you mean .num_frames.\\?\\)"):
         build_model("ctnet_resnet50", num_classes=3, frames=8)
     with pytest.raises(VidactError, match="module"):
         build_model("ctnet_resnet50", num_classes=3, module="i3d")

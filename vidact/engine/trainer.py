@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import signal
 import time
@@ -70,7 +69,7 @@ from vidact.engine.run_folder import (
 )
 from vidact.engine.step_log import StepLog
 from vidact.errors import VidactError
-from vidact.models import _REGISTRY, build_model
+from vidact.models import build_model
 from vidact.recipe import Recipe, TrainConfig, recipe_from_dict
 
 
@@ -106,15 +105,9 @@ def ensure_dataset(recipe: Recipe) -> Path:
 
 
 def build_model_for(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The recipe's model with `num_classes` outputs; `num_frames` is passed if accepted."""
+    """The recipe's model with `num_classes` outputs and the recipe's clip length."""
     kwargs = recipe.model.kwargs()
-    params = inspect.signature(_REGISTRY[recipe.model.name]).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if "num_frames" in params or takes_any:
-        kwargs.setdefault("num_frames", recipe.data.num_frames)
-    for key in ("dropout", "weights"):
-        if key not in params and not takes_any:
-            kwargs.pop(key)
+    kwargs.setdefault("num_frames", recipe.data.num_frames)
     return build_model(recipe.model.name, num_classes, **kwargs)
 
 

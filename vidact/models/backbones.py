@@ -1,4 +1,4 @@
-"""ResNet backbones: 2D (torchvision), (2+1)D and 3D (inflated from 2D as I3D does), weights.
+"""ResNet backbones: 2D and video (torchvision's R(2+1)D and R3D), weight loading.
 
 Public helpers (other model families build on these):
 
@@ -13,21 +13,22 @@ Public helpers (other model families build on these):
   untouched); anything else that does not match is a ``VidactError``. Torchvision weights
   come from the torch hub cache; when they are neither cached nor downloadable (offline),
   the ``VidactError`` names the weights and tells the user to pass a local ``.pth``.
-- ``resnet3d(depth, weights=None, mode="3d" | "2plus1d")``: the same network with every
-  Conv2d/BatchNorm2d/MaxPool2d replaced by its video counterpart (see ``inflate_resnet``).
-  Temporal strides are all 1, so a clip of T frames stays T frames deep: the representation
-  flow layer needs consecutive frames and predictions are averaged over time.
+- ``video_resnet(arch="r2plus1d" | "r3d", depth=18 | 34 | 50, weights=None)``:
+  torchvision's ``VideoResNet`` (``r2plus1d_18`` / ``r3d_18`` themselves at depth 18, the
+  same blocks at 34 and 50), so torchvision's Kinetics-400 weights load key for key; R3D
+  also takes ImageNet weights, inflated as I3D does (``inflate_imagenet``).
 - ``NonLocalBlock``: the embedded-Gaussian non-local block of Wang et al. (CVPR 2018) over
   (T, H, W), used by the rep-flow paper's Table 9 "(2+1)D + FcF + Non-local" model.
 - ``fold_time`` / ``unfold_time``: (N, C, T, H, W) <-> (N*T, C, H, W) for per-frame 2D CNNs.
 
 Every ResNet here is the torchvision module, so ``conv1, bn1, relu, maxpool, layer1..layer4``
-are the stages a model calls; ``ResNet.forward`` itself is never used on video tensors.
+(2D) or ``stem, layer1..layer4`` (video) are the stages a model calls.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -35,12 +36,17 @@ from typing import Any, Literal
 import torch
 import torchvision
 from torch import Tensor, nn
+from torchvision.models import video
+from torchvision.models.video import VideoResNet
+from torchvision.models.video import resnet as video_resnet_blocks
 
 from vidact.errors import VidactError
 from vidact.safe_load import load_tensors_file
 
 DEPTHS = (18, 34, 50, 101, 152)
-VideoMode = Literal["3d", "2plus1d"]
+VIDEO_DEPTHS = (18, 34, 50)
+VIDEO_ARCHS = ("r2plus1d", "r3d")
+VideoArch = Literal["r2plus1d", "r3d"]
 
 
 # --------------------------------------------------------------------------- weights
@@ -116,7 +122,18 @@ def load_weights(
     """Load ``weights`` into ``module`` (no-op for None). See the module docstring."""
     if weights is None:
         return
-    source = state_dict_from(weights, arch)
+    label = f"weights {os.fspath(weights)} do not fit {arch or type(module).__name__}"
+    fit_state_dict(module, state_dict_from(weights, arch), label, ignore_prefixes)
+
+
+def fit_state_dict(
+    module: nn.Module,
+    source: Mapping[str, Tensor],
+    label: str,
+    ignore_prefixes: tuple[str, ...] = ("fc.",),
+) -> None:
+    """Load ``source`` into ``module``: every key but ``ignore_prefixes`` must match in name
+    and shape (else a ``VidactError`` starting with ``label``)."""
     own = module.state_dict()
     missing = [k for k in own if k not in source and not k.startswith(ignore_prefixes)]
     wrong = [
@@ -132,10 +149,7 @@ def load_weights(
             for what, keys in problems.items()
             if keys
         )
-        raise VidactError(
-            f"weights {os.fspath(weights)} do not fit {arch or type(module).__name__}: {detail}; "
-            "pass weights of the same architecture"
-        )
+        raise VidactError(f"{label}: {detail}; pass weights of the same architecture")
     usable = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
     module.load_state_dict(usable, strict=False)
 
@@ -154,9 +168,9 @@ def resnet2d(
     return model
 
 
-def stage_channels(model: torchvision.models.ResNet) -> dict[str, int]:
-    """Channels after each stage: conv1, maxpool, layer1..layer4."""
-    expansion = 4 if isinstance(model.layer1[0], torchvision.models.resnet.Bottleneck) else 1
+def stage_channels(model: torchvision.models.ResNet | VideoResNet) -> dict[str, int]:
+    """Channels after each stage: conv1 (the video stem), maxpool, layer1..layer4."""
+    expansion = model.fc.in_features // 512  # 1 for basic blocks, 4 for bottlenecks
     return {
         "conv1": 64,
         "maxpool": 64,
@@ -179,134 +193,77 @@ def unfold_time(x: Tensor, t: int) -> Tensor:
     return x.reshape(nt // t, t, c, h, w).transpose(1, 2)
 
 
-# --------------------------------------------------------------------------- inflation
-def _hw(value: object) -> tuple[int, int]:
-    """A Conv2d kernel/stride/padding as (h, w) ints (string paddings are not supported)."""
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return value[0], value[1]
-    raise ValueError(f"cannot inflate a conv with kernel/stride/padding {value!r}")
+# --------------------------------------------------------------------------- video
+def _video_builder(arch: VideoArch, depth: int) -> VideoResNet:
+    """torchvision's VideoResNet of ``arch`` at ``depth``: its own r3d_18 / r2plus1d_18, or
+    the same blocks, stem and conv makers with the ResNet-34/50 stage depths."""
+    if arch not in VIDEO_ARCHS:
+        raise VidactError(f"video ResNet arch {arch!r} must be one of {VIDEO_ARCHS}")
+    if depth not in VIDEO_DEPTHS:
+        raise VidactError(f"video ResNet depth {depth} is not one of {VIDEO_DEPTHS}")
+    if depth == 18:
+        builder = video.r2plus1d_18 if arch == "r2plus1d" else video.r3d_18
+        return builder(weights=None)
+    block = video_resnet_blocks.BasicBlock if depth == 34 else video_resnet_blocks.Bottleneck
+    if arch == "r2plus1d":
+        conv, stem = video_resnet_blocks.Conv2Plus1D, video_resnet_blocks.R2Plus1dStem
+    else:
+        conv, stem = video_resnet_blocks.Conv3DSimple, video_resnet_blocks.BasicStem
+    return VideoResNet(block, [conv] * 4, [3, 4, 6, 3], stem)
 
 
-def inflate_conv(conv: nn.Conv2d, time_kernel: int) -> nn.Conv3d:
-    """I3D inflation: a (k, k) conv becomes (t, k, k); the 2D kernel is repeated over t and
-    divided by t, so a clip of identical frames gives the 2D response (Carreira & Zisserman
-    2017, section 2.3). Temporal stride 1, padding t // 2."""
-    kh, kw = _hw(conv.kernel_size)
-    sh, sw = _hw(conv.stride)
-    ph, pw = _hw(conv.padding)
-    out = nn.Conv3d(
-        conv.in_channels,
-        conv.out_channels,
-        (time_kernel, kh, kw),
-        stride=(1, sh, sw),
-        padding=(time_kernel // 2, ph, pw),
-        groups=conv.groups,
-        bias=conv.bias is not None,
-    )
-    with torch.no_grad():
-        out.weight.copy_(conv.weight.unsqueeze(2).repeat(1, 1, time_kernel, 1, 1) / time_kernel)
-        if conv.bias is not None:
-            assert out.bias is not None
-            out.bias.copy_(conv.bias)
-    return out
+def video_resnet(
+    arch: VideoArch, depth: int, weights: str | os.PathLike[str] | None = None
+) -> VideoResNet:
+    """A torchvision video ResNet (400-way Kinetics head attached), random or loaded.
 
-
-def factorize_conv(conv: nn.Conv2d, time_kernel: int = 3) -> nn.Sequential:
-    """(2+1)D factorisation (Tran et al. CVPR 2018): a (1, k, k) spatial conv holding the 2D
-    weights followed by a (t, 1, 1) temporal conv. The intermediate width is the output width
-    (so the 2D weights load unchanged) and the temporal conv starts as the identity (centre
-    tap = I), so at initialisation a static clip gives exactly the 2D network's features, as
-    I3D inflation does. Unlike R(2+1)D there is no BN + ReLU between the two convs: it would
-    clip the pretrained spatial responses (the block's own BN + ReLU follow the pair)."""
-    kh, kw = _hw(conv.kernel_size)
-    sh, sw = _hw(conv.stride)
-    ph, pw = _hw(conv.padding)
-    spatial = nn.Conv3d(
-        conv.in_channels,
-        conv.out_channels,
-        (1, kh, kw),
-        stride=(1, sh, sw),
-        padding=(0, ph, pw),
-        groups=conv.groups,
-        bias=conv.bias is not None,
-    )
-    temporal = nn.Conv3d(
-        conv.out_channels,
-        conv.out_channels,
-        (time_kernel, 1, 1),
-        padding=(time_kernel // 2, 0, 0),
-        bias=False,
-    )
-    with torch.no_grad():
-        spatial.weight.copy_(conv.weight.unsqueeze(2))
-        if conv.bias is not None:
-            assert spatial.bias is not None
-            spatial.bias.copy_(conv.bias)
-        temporal.weight.zero_()
-        eye = torch.eye(conv.out_channels, dtype=temporal.weight.dtype)
-        temporal.weight[:, :, time_kernel // 2, 0, 0] = eye
-    return nn.Sequential(spatial, temporal)
-
-
-def _bn3d(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
-    out = nn.BatchNorm3d(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
-    out.load_state_dict(bn.state_dict())
-    return out
-
-
-def inflate_resnet(
-    model: torchvision.models.ResNet, mode: VideoMode, time_kernel: int = 3
-) -> torchvision.models.ResNet:
-    """Turn a 2D torchvision ResNet into a video ResNet in place and return it.
-
-    ``mode="3d"``: every k x k conv with k > 1 becomes t x k x k (I3D inflation), 1 x 1 convs
-    become 1 x 1 x 1. ``mode="2plus1d"``: every k x k conv with k > 1 becomes the (2+1)D pair
-    of ``factorize_conv``. BatchNorm2d -> BatchNorm3d, max-pool -> (1, 3, 3). The torchvision
-    BasicBlock/Bottleneck forward is dimension-agnostic, so blocks run on (N, C, T, H, W).
+    ``arch="r2plus1d"``: R(2+1)D (Tran et al. CVPR 2018): every 3x3x3 conv is a spatial
+    1x3x3 conv to M channels, BN, ReLU, a temporal 3x1x1 conv, with
+    M = floor(t d^2 N_in N_out / (d^2 N_in + t N_out)) (t = d = 3) so that the pair has the
+    parameters of the 3D conv. N_in is the block's input width for every conv of a block
+    and N_out the block's planes, as torchvision builds it (its Kinetics weights have these
+    shapes; for a conv whose own input width differs, e.g. a block's second conv, M is
+    then not Tran et al.'s exact parameter match).
+    ``arch="r3d"``: full 3x3x3 convs (Tran et al.'s R3D). Both have a stem without max-pool
+    and stride 2 in time and space in layer2-4. ``weights``: a torchvision weights name of
+    ``{arch}_18`` ("KINETICS400_V1", "DEFAULT", from the torch hub cache) or a local .pth of
+    the same architecture; depths 34 and 50 have no torchvision weights. For ``"r3d"``,
+    ImageNet weights of the 2D ResNet of the same depth ("IMAGENET1K_V1") are inflated as
+    I3D does (``inflate_imagenet``), as the rep-flow paper's Table 6 starts its 3D CNN.
     """
-    if mode not in ("3d", "2plus1d"):
-        raise VidactError(f"video ResNet mode {mode!r} must be '3d' or '2plus1d'")
-
-    def convert(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            new: nn.Module | None = None
-            if isinstance(child, nn.Conv2d):
-                k = _hw(child.kernel_size)[0]
-                if k == 1:
-                    new = inflate_conv(child, 1)
-                elif mode == "3d":
-                    new = inflate_conv(child, time_kernel)
-                else:
-                    new = factorize_conv(child, time_kernel)
-            elif isinstance(child, nn.BatchNorm2d):
-                new = _bn3d(child)
-            elif isinstance(child, nn.MaxPool2d):
-                new = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-            elif isinstance(child, nn.AdaptiveAvgPool2d):
-                new = nn.AdaptiveAvgPool3d((None, 1, 1))
-            else:
-                convert(child)
-            if new is not None:
-                setattr(parent, name, new)
-
-    convert(model)
+    model = _video_builder(arch, depth)
+    if arch == "r3d" and weights is not None and _is_imagenet_name(weights, depth):
+        state = inflate_imagenet(state_dict_from(weights, f"resnet{depth}"))
+        fit_state_dict(model, state, f"weights {weights} inflated do not fit r3d-{depth}")
+        return model
+    load_weights(model, weights, arch=f"{arch}_18" if depth == 18 else None)
     return model
 
 
-def resnet3d(
-    depth: int,
-    weights: str | os.PathLike[str] | None = None,
-    mode: VideoMode = "3d",
-    time_kernel: int = 3,
-) -> torchvision.models.ResNet:
-    """A video ResNet: ``resnet2d(depth, weights)`` inflated by ``inflate_resnet``.
+def _is_imagenet_name(weights: str | os.PathLike[str], depth: int) -> bool:
+    member = os.fspath(weights).split(".")[-1]
+    enum = torchvision.models.get_model_weights(f"resnet{depth}")
+    return not _is_path(weights) and member in enum.__members__ and member != "DEFAULT"
 
-    ImageNet (or local 2D) weights are loaded into the 2D network first, then inflated, as
-    I3D does. Stages take and return (N, C, T, H, W) with T unchanged.
-    """
-    return inflate_resnet(resnet2d(depth, weights), mode, time_kernel)
+
+def inflate_imagenet(state: Mapping[str, Tensor], time_kernel: int = 3) -> dict[str, Tensor]:
+    """A 2D torchvision ResNet state dict as one of torchvision's R3D of the same depth:
+    I3D inflation (Carreira & Zisserman 2017, section 2.3), each k x k kernel (k > 1)
+    repeated over ``time_kernel`` frames and divided by it, so a clip of identical frames
+    gives the 2D response; 1 x 1 kernels become 1 x 1 x 1. Keys are renamed (conv1 / bn1 ->
+    stem.0 / stem.1, a block's conv{i} / bn{i} -> conv{i}.0 / conv{i}.1)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(("conv1.", "bn1.")):
+            new = key.replace("conv1.", "stem.0.").replace("bn1.", "stem.1.")
+        else:
+            new = re.sub(r"\.conv(\d)\.", r".conv\1.0.", key)
+            new = re.sub(r"\.bn(\d)\.", r".conv\1.1.", new)
+        if value.dim() == 4:  # a conv kernel (out, in, kh, kw)
+            t = time_kernel if value.shape[-1] > 1 else 1
+            value = value.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+        out[new] = value
+    return out
 
 
 # --------------------------------------------------------------------------- non-local
@@ -345,15 +302,15 @@ class NonLocalBlock(nn.Module):
 
 __all__ = [
     "DEPTHS",
+    "VIDEO_ARCHS",
+    "VIDEO_DEPTHS",
     "NonLocalBlock",
-    "factorize_conv",
     "fold_time",
-    "inflate_conv",
-    "inflate_resnet",
+    "inflate_imagenet",
     "load_weights",
     "resnet2d",
-    "resnet3d",
     "stage_channels",
     "state_dict_from",
     "unfold_time",
+    "video_resnet",
 ]

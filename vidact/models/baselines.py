@@ -17,14 +17,13 @@ Registered names (all take ``num_classes``, ``dropout``, ``weights``, ``num_fram
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from vidact.errors import VidactError
-from vidact.models import register_model
 from vidact.models.backbones import fold_time, resnet2d
+from vidact.models.registry import DropoutRate, Positive, register_model
 from vidact.models.released import load_released, split_weights
 
 
@@ -135,31 +134,31 @@ class TwoStream(nn.Module):
         return a * self.rgb(x) + b * self.flow(flow)
 
 
-def _tsn(depth: int) -> Callable[..., TSN]:
-    def factory(
-        num_classes: int,
-        dropout: float = 0.5,
-        weights: str | os.PathLike[str] | None = None,
-        num_frames: int | None = None,
-    ) -> TSN:
-        del num_frames  # any T works: scores are averaged over frames
-        return TSN(depth, num_classes, dropout=dropout, weights=weights)
-
-    factory.__doc__ = f"TSN-style RGB ResNet-{depth}: per-frame scores averaged over T."
-    return factory
-
-
-for _depth in (18, 34, 50, 101):
-    register_model(f"tsn_resnet{_depth}")(_tsn(_depth))
+@register_model("tsn_resnet18", depth=18)
+@register_model("tsn_resnet34", depth=34)
+@register_model("tsn_resnet50", depth=50)
+@register_model("tsn_resnet101", depth=101)
+def tsn_resnet(
+    depth: int,
+    *,
+    num_classes: Positive,
+    num_frames: Positive | None = None,
+    dropout: DropoutRate = 0.5,
+    weights: str | os.PathLike[str] | None = None,
+) -> TSN:
+    """TSN-style RGB ResNet: per-frame scores averaged over T."""
+    del num_frames  # any T works: scores are averaged over frames
+    return TSN(depth, num_classes, dropout=dropout, weights=weights)
 
 
 @register_model("flow_resnet34")
 def flow_resnet34(
-    num_classes: int,
-    dropout: float = 0.5,
+    *,
+    num_classes: Positive,
+    num_frames: Positive | None = None,
+    dropout: DropoutRate = 0.5,
     weights: str | os.PathLike[str] | None = None,
-    num_frames: int | None = None,
-    stack: int = 10,
+    stack: Positive = 10,
 ) -> FlowResNet:
     """ResNet-34 on 2L stacked TV-L1 flow channels (two-stream temporal net, Simonyan 2014)."""
     if num_frames is not None and num_frames % stack:
@@ -171,11 +170,12 @@ def flow_resnet34(
 
 @register_model("two_stream_resnet34")
 def two_stream_resnet34(
-    num_classes: int,
-    dropout: float = 0.5,
+    *,
+    num_classes: Positive,
+    num_frames: Positive | None = None,
+    dropout: DropoutRate = 0.5,
     weights: str | os.PathLike[str] | None = None,
-    num_frames: int | None = None,
-    stack: int = 10,
+    stack: Positive = 10,
     flow_weights: str | os.PathLike[str] | None = None,
     fusion_weights: tuple[float, float] = (1.0, 1.0),
 ) -> TwoStream:
@@ -183,7 +183,7 @@ def two_stream_resnet34(
     unless ``flow_weights`` is given for the flow stream."""
     rgb = TSN(34, num_classes, dropout=dropout, weights=weights)
     flow = flow_resnet34(
-        num_classes,
+        num_classes=num_classes,
         dropout=dropout,
         weights=flow_weights if flow_weights is not None else weights,
         num_frames=num_frames,

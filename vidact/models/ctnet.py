@@ -40,17 +40,14 @@ Registered: `ctnet_resnet50`, `ctnet_resnet101`. Keyword arguments (all optional
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from vidact.errors import VidactError
-from vidact.models import register_model
 from vidact.models.backbones import resnet2d
 from vidact.models.ct_module import (
     CONNECTIONS,
@@ -61,9 +58,10 @@ from vidact.models.ct_module import (
     CTModule,
     module_ops,
 )
+from vidact.models.registry import DropoutRate, Positive, register_model
 from vidact.models.released import load_released, split_weights
 
-__all__ = ["CTBottleneck", "CTNet", "ct_block_indices", "ctnet_resnet50", "ctnet_resnet101"]
+__all__ = ["CTBottleneck", "CTNet", "ct_block_indices", "ctnet_resnet"]
 
 # ---------------------------------------------------------------------------------------
 # Block placement, the number the paper fixes for the network (Fig. 2c, Table 2e): one of
@@ -273,23 +271,39 @@ class CTNet(nn.Module):
         return self.fc(self.dropout(self.features(x))).mean(1)
 
 
-def _factory(depth: int) -> Callable[..., CTNet]:
-    def factory(num_classes: int, **kwargs: Any) -> CTNet:
-        try:
-            return CTNet(num_classes, depth, **kwargs)
-        except TypeError as exc:  # an unknown keyword
-            raise VidactError(f"ctnet_resnet{depth}: {exc}") from None
-
-    # Show CTNet's keywords as the factory's own, so that recipes are checked against them.
-    signature = inspect.signature(CTNet.__init__)
-    params = [p for name, p in signature.parameters.items() if name not in ("self", "depth")]
-    setattr(factory, "__signature__", signature.replace(parameters=params))  # noqa: B010
-    factory.__name__ = f"ctnet_resnet{depth}"
-    factory.__doc__ = f"CT-Net on ResNet-{depth} (see `vidact.models.ctnet`)."
-    return factory
-
-
-# CT-Net-R50: 7 CT-Blocks in stages 2-5 (Table 2e); 21.0M parameters at 174 classes.
-ctnet_resnet50 = register_model("ctnet_resnet50")(_factory(50))
-# CT-Net-R101: one of every two blocks of stages 2-5, 15 CT-Blocks.
-ctnet_resnet101 = register_model("ctnet_resnet101")(_factory(101))
+@register_model("ctnet_resnet50", depth=50)  # CT-Net-R50: 7 CT-Blocks in stages 2-5 (Table 2e)
+@register_model("ctnet_resnet101", depth=101)  # CT-Net-R101: one of every two blocks, 15
+def ctnet_resnet(
+    depth: int,
+    *,
+    num_classes: Positive,
+    num_frames: Positive | None = None,
+    dropout: DropoutRate = 0.5,
+    weights: str | os.PathLike[str] | None = None,
+    ct_blocks: str | Sequence[Sequence[int]] = "alternate",
+    module: str = "ct",
+    excitation: str | None = None,
+    pwconv: bool | None = None,
+    connection: str = "parallel",
+    num_subdims: Positive = NUM_SUBDIMS,
+    kernel_sizes: Sequence[int] | None = None,
+    te_reduction: Positive = TE_REDUCTION,
+    channels_last: bool = True,
+) -> CTNet:
+    """CT-Net on a ResNet-50/101 trunk (the options are CTNet's; see the module docstring)."""
+    return CTNet(
+        num_classes,
+        depth,
+        num_frames=8 if num_frames is None else num_frames,
+        dropout=dropout,
+        weights=weights,
+        ct_blocks=ct_blocks,
+        module=module,
+        excitation=excitation,
+        pwconv=pwconv,
+        connection=connection,
+        num_subdims=num_subdims,
+        kernel_sizes=kernel_sizes,
+        te_reduction=te_reduction,
+        channels_last=channels_last,
+    )
