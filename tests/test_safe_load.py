@@ -122,11 +122,11 @@ def test_a_missing_or_broken_file_is_one_line(tmp_path: Path) -> None:
 # A registered tiny model (the engine tests' one, under its own name so that either file
 # can run alone).
 def _register() -> None:
-    from tests.engine.tiny import TinyVideoNet
-    from vidact.models import _REGISTRY, register_model
+    from tests.engine.tiny import tiny_test_net
+    from vidact.models import list_models, register_model
 
-    if "tiny_test_net_safe" not in _REGISTRY:
-        register_model("tiny_test_net_safe")(TinyVideoNet)
+    if "tiny_test_net_safe" not in list_models():
+        register_model("tiny_test_net_safe")(tiny_test_net)
 
 
 _register()

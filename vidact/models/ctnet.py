@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -289,6 +290,7 @@ def ctnet_resnet(
     kernel_sizes: Sequence[int] | None = None,
     te_reduction: Positive = TE_REDUCTION,
     channels_last: bool = True,
+    freeze: Literal["none", "released"] = "none",
 ) -> CTNet:
     """CT-Net on a ResNet-50/101 trunk (the options are CTNet's; see the module docstring)."""
     return CTNet(
@@ -306,4 +308,5 @@ def ctnet_resnet(
         kernel_sizes=kernel_sizes,
         te_reduction=te_reduction,
         channels_last=channels_last,
+        freeze=freeze,
     )
