@@ -124,7 +124,8 @@ def test_auto_prefers_opencv_cuda_then_torch_gpu(monkeypatch: pytest.MonkeyPatch
 
 def test_auto_picks_torch_over_opencv_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/flow.md (benchmarks/tvl1.py): on a CPU the torch backend takes about half
-    OpenCV's time for the same EPE, so auto picks it even where OpenCV is installed."""
+    OpenCV's time for the same EPE at 224 px and up, so auto picks it even where OpenCV is
+    installed."""
     monkeypatch.setattr(backends, "opencv_cuda_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(backends, "_opencv_cpu_available", lambda: True)
