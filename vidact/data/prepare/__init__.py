@@ -1,7 +1,7 @@
-"""The scalable prepare pipeline shared by every dataset source.
+"""`vidact prepare`: the scalable pipeline shared by every dataset source.
 
 `prepare(dataset, videos, annotations, out, ...)` reads a dataset's annotations through its
-source module (`vidact.data.sources.<name>`) and hands the records to
+source module (found in the registry, `vidact.data.sources`) and hands the records to
 `prepare_dataset(source, out, options, ...)`, which does the work:
 
     OUT/
@@ -37,13 +37,14 @@ by any shard) writes the manifests, the lists and failures.jsonl; re-running wit
 shard afterwards is always safe and only rewrites them.
 
 Workers decode with decord (OpenCV when decord cannot read a file), one thread each,
-in a pool of processes over videos. Frames are resized before encoding (INTER_LINEAR,
-never upscaled) and JPEG-encoded by OpenCV. A worker never raises: every problem with a
-video becomes a line in failures.jsonl. Only a full disk stops the run.
+in a pool of processes over videos (`pool.py`: a worker that dies fails only its
+video). Frames are resized before encoding (INTER_LINEAR, never upscaled) and
+JPEG-encoded by OpenCV. A worker never raises: every problem with a video becomes a line
+in failures.jsonl. Only a full disk stops the run.
 
 Flow (`PrepareOptions(flow="tvl1")`): the worker also converts each frame it writes (after
 the short-side resize, before JPEG or MPEG-4 coding) to grayscale and feeds it to TV-L1
-(`vidact.flow.compute_flow`, chunks of _FLOW_CHUNK pairs so memory stays bounded), and
+(`vidact.flow.compute_flow`, chunks of FLOW_CHUNK pairs so memory stays bounded), and
 writes the flow quantised with `quantize_flow(flow, bound)` as x_/y_ JPEG pairs into a
 temporary `flow/<key>` renamed into place just before the frames (or video) are: frames
 and flow of a video are one atomic, resumable unit, and a video counts as finished only
@@ -55,101 +56,60 @@ Extension point: `extra_step(job, output)` runs inside the worker after a video'
 or video are written and before they are renamed into place, so anything it writes next
 to them (e.g. optical flow) is part of the same atomic, resumable unit. It returns the
 bytes it wrote and must be a picklable top-level function.
+
+The modules, in the order a video goes through them:
+
+    options.py    what prepare is asked to do: PrepareOptions, one video's job and result,
+                  output paths, shards, frame-index selection
+    estimate.py   the disk check before a run
+    pool.py       the process pool over videos, its crash recovery
+    worker.py     one video's output, atomically (runs in a worker process)
+    frames.py     frame decode (decord, OpenCV, frame folders) and encode (JPEG, MPEG-4, flow)
+    outputs.py    what OUT holds: resume records, manifests and lists, flow.json, the summary
+    pipeline.py   prepare_dataset and prepare: all of the above, in order
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from vidact.data.extract.datasets import DATASETS, load_source, prepare
-    from vidact.data.extract.estimate import DiskEstimate, check_disk, estimate_output_bytes
-    from vidact.data.extract.flow_info import FLOW_INFO_FILE, check_flow_bound, read_flow_info
-    from vidact.data.extract.options import (
-        FLOW_BACKENDS,
-        FLOWS,
-        MODES,
-        ExtraStep,
-        PrepareOptions,
-        Status,
-        VideoJob,
-        VideoResult,
-        flow_path,
-        iter_indices,
-        output_path,
-        output_size,
-        parse_shard,
-        select_indices,
-        select_shard,
-    )
-    from vidact.data.extract.outputs import FAILURES_FILE
-    from vidact.data.extract.pipeline import LABELS_FILE, SETTINGS_FILE, prepare_dataset
-    from vidact.data.extract.readers import IMAGE_EXTENSIONS, folder_images
-    from vidact.data.extract.state import STATE_DIR
-    from vidact.data.extract.summary import PrepareSummary
-    from vidact.data.extract.worker import MISSING, extract_video
-    from vidact.data.extract.writers import VIDEO_FOURCC, encode_flow_image
-
-# Imported on first use (PEP 562), so that a worker process that needs only
-# `worker.py` does not pay for the sources, the pipeline and rich (~60 ms each start).
-_HOMES = {
-    "DATASETS": "datasets",
-    "FAILURES_FILE": "outputs",
-    "FLOWS": "options",
-    "FLOW_BACKENDS": "options",
-    "FLOW_INFO_FILE": "flow_info",
-    "IMAGE_EXTENSIONS": "readers",
-    "LABELS_FILE": "pipeline",
-    "MISSING": "worker",
-    "MODES": "options",
-    "SETTINGS_FILE": "pipeline",
-    "STATE_DIR": "state",
-    "VIDEO_FOURCC": "writers",
-    "DiskEstimate": "estimate",
-    "ExtraStep": "options",
-    "PrepareOptions": "options",
-    "PrepareSummary": "summary",
-    "Status": "options",
-    "VideoJob": "options",
-    "VideoResult": "options",
-    "check_disk": "estimate",
-    "check_flow_bound": "flow_info",
-    "encode_flow_image": "writers",
-    "estimate_output_bytes": "estimate",
-    "extract_video": "worker",
-    "flow_path": "options",
-    "folder_images": "readers",
-    "iter_indices": "options",
-    "load_source": "datasets",
-    "output_path": "options",
-    "output_size": "options",
-    "parse_shard": "options",
-    "prepare": "datasets",
-    "prepare_dataset": "pipeline",
-    "read_flow_info": "flow_info",
-    "select_indices": "options",
-    "select_shard": "options",
-}
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
+from vidact.data.prepare.estimate import DiskEstimate, check_disk, estimate_output_bytes
+from vidact.data.prepare.frames import (
+    IMAGE_EXTENSIONS,
+    VIDEO_FOURCC,
+    encode_flow_image,
+    folder_images,
+)
+from vidact.data.prepare.options import (
+    FLOW_METHODS,
+    MODES,
+    ExtraStep,
+    PrepareOptions,
+    RunOptions,
+    Status,
+    VideoJob,
+    VideoResult,
+    flow_path,
+    iter_indices,
+    output_path,
+    output_size,
+    parse_shard,
+    select_indices,
+    select_shard,
+    setting,
+    split_settings,
+)
+from vidact.data.prepare.outputs import (
+    FAILURES_FILE,
+    FLOW_INFO_FILE,
+    STATE_DIR,
+    PrepareSummary,
+    check_flow_bound,
+    read_flow_info,
+)
+from vidact.data.prepare.pipeline import LABELS_FILE, SETTINGS_FILE, prepare, prepare_dataset
+from vidact.data.prepare.worker import MISSING, prepare_video
 
 __all__ = [
-    "DATASETS",
     "FAILURES_FILE",
-    "FLOWS",
-    "FLOW_BACKENDS",
     "FLOW_INFO_FILE",
+    "FLOW_METHODS",
     "IMAGE_EXTENSIONS",
     "LABELS_FILE",
     "MISSING",
@@ -161,6 +121,7 @@ __all__ = [
     "ExtraStep",
     "PrepareOptions",
     "PrepareSummary",
+    "RunOptions",
     "Status",
     "VideoJob",
     "VideoResult",
@@ -168,17 +129,18 @@ __all__ = [
     "check_flow_bound",
     "encode_flow_image",
     "estimate_output_bytes",
-    "extract_video",
     "flow_path",
     "folder_images",
     "iter_indices",
-    "load_source",
     "output_path",
     "output_size",
     "parse_shard",
     "prepare",
     "prepare_dataset",
+    "prepare_video",
     "read_flow_info",
     "select_indices",
     "select_shard",
+    "setting",
+    "split_settings",
 ]
