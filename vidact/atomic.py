@@ -65,9 +65,3 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `target` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_bytes(target: str | Path, data: bytes) -> None:
-    """Write `data` to `target` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)

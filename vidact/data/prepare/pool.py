@@ -148,6 +148,7 @@ class _PoolRun:
         self.pool, self.workers = pool, workers
         self.args = (out, options, extra_step)
         self.in_flight: dict[Future[VideoResult], VideoJob] = {}
+        self.sent: dict[VideoJob, int] = {}  # the order jobs went to the pool
         self.lost: list[VideoJob] = []  # in flight when the pool broke
         self.answered = False  # some worker finished (or died on) a video
 
@@ -170,6 +171,7 @@ class _PoolRun:
                     yield from self._drain()
                     return
                 self.in_flight[future] = job
+                self.sent[job] = len(self.sent)
             done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
             for finished in done:
                 job = self.in_flight.pop(finished)
@@ -195,3 +197,4 @@ class _PoolRun:
             else:
                 self.lost.append(job)
         self.in_flight.clear()
+        self.lost.sort(key=self.sent.__getitem__)  # retried in the order they were sent
