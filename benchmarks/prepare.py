@@ -67,8 +67,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vidact.data.prepare import PrepareOptions, output_size, prepare_dataset
 from vidact.data.prepare.frames import decord_to_numpy, write_bytes
+from vidact.data.prepare.options import PrepareOptions, output_size
+from vidact.data.prepare.pipeline import prepare_dataset
 from vidact.data.prepare.worker import keep_freed_memory
 from vidact.data.sources.common import SourceDataset, SourceRecord
 

@@ -16,14 +16,10 @@ from tests.data.fake_datasets import image_count, make_sthv1, read_jsonl
 from vidact.cli import app
 from vidact.data.dataset import ClipDataset, ClipSpec
 from vidact.data.manifest import load_manifest
-from vidact.data.prepare import (
-    PrepareOptions,
-    PrepareSummary,
-    check_flow_bound,
-    estimate_output_bytes,
-    prepare,
-    read_flow_info,
-)
+from vidact.data.prepare.estimate import estimate_output_bytes
+from vidact.data.prepare.options import PrepareOptions
+from vidact.data.prepare.outputs import PrepareSummary, check_flow_bound, read_flow_info
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.transforms import ClipTransform
 from vidact.data.video import count_flow_frames, read_flow_frames
 from vidact.errors import VidactError

@@ -17,19 +17,17 @@ from tests.conftest import frame_index_of, numbered_frames, write_video
 from tests.data.fake_datasets import corrupt, image_count, make_folder, read_jsonl
 from vidact.data import video
 from vidact.data.manifest import load_manifest, read_label_map
-from vidact.data.prepare import (
+from vidact.data.prepare import estimate, worker
+from vidact.data.prepare.options import (
     PrepareOptions,
     VideoJob,
-    estimate,
     iter_indices,
     output_size,
     parse_shard,
-    prepare,
-    prepare_dataset,
     select_indices,
     select_shard,
-    worker,
 )
+from vidact.data.prepare.pipeline import prepare, prepare_dataset
 from vidact.data.sources.common import SourceDataset, SourceRecord
 from vidact.errors import VidactError
 
@@ -246,8 +244,9 @@ def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
 _KILLABLE = """
 import sys, time
 from pathlib import Path
-from vidact.data import prepare
 from vidact.data.prepare import worker
+from vidact.data.prepare.options import PrepareOptions
+from vidact.data.prepare.pipeline import prepare_dataset
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
 real = worker.write_frames
@@ -261,8 +260,8 @@ def slow(frames, folder, options, flow=None):
 worker.write_frames = slow  # where prepare_video looks it up
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 records = [SourceRecord(f"c/v{i}", root / f"v{i}.mp4", 0, "c") for i in range(6)]
-prepare.prepare_dataset(SourceDataset("test", ["c"], {"train": records}), out,
-                        prepare.PrepareOptions(short_side=32, backend="decord"), workers=0)
+prepare_dataset(SourceDataset("test", ["c"], {"train": records}), out,
+                PrepareOptions(short_side=32, backend="decord"), workers=0)
 """
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from pebble import ProcessExpired
 
-from vidact.data.prepare import PrepareOptions, VideoJob, VideoResult, pool
+from vidact.data.prepare import pool
+from vidact.data.prepare.options import PrepareOptions, VideoJob, VideoResult
 from vidact.errors import VidactError
 
 

@@ -127,7 +127,8 @@ UNGUARDED_SCRIPT = """
 import sys
 from pathlib import Path
 
-from vidact.data.prepare import PrepareOptions, prepare_dataset
+from vidact.data.prepare.options import PrepareOptions
+from vidact.data.prepare.pipeline import prepare_dataset
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
 # no `if __name__ == "__main__":` guard

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from tests.data.fake_datasets import make_folder
 from vidact.cli import app
-from vidact.data.prepare import PrepareOptions, RunOptions, prepare, split_settings
+from vidact.data.prepare.options import PrepareOptions, RunOptions, split_settings
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.sources import registry
 from vidact.data.sources.registry import dataset_source, dataset_sources
 from vidact.errors import VidactError

@@ -3,7 +3,7 @@
 One command per dataset of the registry (`vidact.data.sources.registry`), generated here:
 its help is the dataset's, its options are the dataset's own and the prepare settings
 declared once in `vidact.data.prepare.options` (PrepareOptions, RunOptions). Each command
-calls `vidact.data.prepare.prepare` and prints the summary. `vidact prepare synthetic`
+calls `vidact.data.prepare.pipeline.prepare` and prints the summary. `vidact prepare synthetic`
 generates its videos, so it is a command of its own.
 """
 
@@ -24,7 +24,7 @@ from vidact.data.prepare.options import PrepareOptions, RunOptions
 from vidact.data.sources.registry import DatasetSource, dataset_sources
 
 if TYPE_CHECKING:
-    from vidact.data.prepare import PrepareSummary
+    from vidact.data.prepare.outputs import PrepareSummary
 
 prepare_app = typer.Typer(
     help="Turn annotations + videos into manifests (and frames). Example: "
@@ -176,7 +176,7 @@ def _dataset_command(source: DatasetSource) -> Callable[..., None]:
     def command(
         *, videos: Path, out: Path, annotations: Path | None = None, **settings: Any
     ) -> None:
-        from vidact.data.prepare import prepare
+        from vidact.data.prepare.pipeline import prepare
 
         summary = prepare(source.name, videos, annotations, out, **settings)
         for note in summary.notes:

@@ -1,8 +1,8 @@
 """`vidact prepare`: the scalable pipeline shared by every dataset source.
 
-`prepare(dataset, videos, annotations, out, ...)` reads a dataset's annotations through its
+`pipeline.prepare(dataset, videos, annotations, out, ...)` reads a dataset's annotations through its
 source module (found in the registry, `vidact.data.sources`) and hands the records to
-`prepare_dataset(source, out, options, ...)`, which does the work:
+`pipeline.prepare_dataset(source, out, options, ...)`, which does the work:
 
     OUT/
       labels.txt                    label map, line i = class i
@@ -57,7 +57,8 @@ or video are written and before they are renamed into place, so anything it writ
 to them (e.g. optical flow) is part of the same atomic, resumable unit. It returns the
 bytes it wrote and must be a picklable top-level function.
 
-The modules, in the order a video goes through them:
+The modules, in the order a video goes through them (import their names from them: this
+file imports nothing, so that the command line and the workers load only what they use):
 
     options.py    what prepare is asked to do: PrepareOptions, one video's job and result,
                   output paths, shards, frame-index selection
@@ -68,79 +69,3 @@ The modules, in the order a video goes through them:
     outputs.py    what OUT holds: resume records, manifests and lists, flow.json, the summary
     pipeline.py   prepare_dataset and prepare: all of the above, in order
 """
-
-from vidact.data.prepare.estimate import DiskEstimate, check_disk, estimate_output_bytes
-from vidact.data.prepare.frames import (
-    IMAGE_EXTENSIONS,
-    VIDEO_FOURCC,
-    encode_flow_image,
-    folder_images,
-)
-from vidact.data.prepare.options import (
-    FLOW_METHODS,
-    MODES,
-    ExtraStep,
-    PrepareOptions,
-    RunOptions,
-    Status,
-    VideoJob,
-    VideoResult,
-    flow_path,
-    iter_indices,
-    output_path,
-    output_size,
-    parse_shard,
-    select_indices,
-    select_shard,
-    setting,
-    split_settings,
-)
-from vidact.data.prepare.outputs import (
-    FAILURES_FILE,
-    FLOW_INFO_FILE,
-    STATE_DIR,
-    PrepareSummary,
-    check_flow_bound,
-    read_flow_info,
-)
-from vidact.data.prepare.pipeline import LABELS_FILE, SETTINGS_FILE, prepare, prepare_dataset
-from vidact.data.prepare.worker import MISSING, prepare_video
-
-__all__ = [
-    "FAILURES_FILE",
-    "FLOW_INFO_FILE",
-    "FLOW_METHODS",
-    "IMAGE_EXTENSIONS",
-    "LABELS_FILE",
-    "MISSING",
-    "MODES",
-    "SETTINGS_FILE",
-    "STATE_DIR",
-    "VIDEO_FOURCC",
-    "DiskEstimate",
-    "ExtraStep",
-    "PrepareOptions",
-    "PrepareSummary",
-    "RunOptions",
-    "Status",
-    "VideoJob",
-    "VideoResult",
-    "check_disk",
-    "check_flow_bound",
-    "encode_flow_image",
-    "estimate_output_bytes",
-    "flow_path",
-    "folder_images",
-    "iter_indices",
-    "output_path",
-    "output_size",
-    "parse_shard",
-    "prepare",
-    "prepare_dataset",
-    "prepare_video",
-    "read_flow_info",
-    "select_indices",
-    "select_shard",
-    "setting",
-    "split_settings",
-]

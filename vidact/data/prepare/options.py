@@ -36,16 +36,12 @@ class PrepareOptions:
         "none: manifests over the original videos.",
         MODES,
     )
-    short_side: int = setting(
-        256, "--short-side", "Resize to this short side in pixels (0 keeps)."
-    )  # never upscaled
-    fps: float | None = setting(
-        None, "--fps", "Resample to this frame rate (default: keep all)."
-    )  # never up
+    # never upscaled, never resampled up
+    short_side: int = setting(256, "--short-side", "Resize to this short side in pixels (0 keeps).")
+    fps: float | None = setting(None, "--fps", "Resample to this frame rate (default: keep all).")
     quality: int = setting(90, "--quality", "JPEG quality of --mode frames (1-100).")
-    backend: str | None = setting(
-        None, None, '"auto" (decord, then OpenCV), "decord" or "opencv"'
-    )  # the video reader
+    # the video reader; library only (None: vidact.data.video's default)
+    backend: str | None = setting(None, None, '"auto" (decord, then OpenCV), "decord", "opencv"')
     flow: str = setting(
         "none",
         "--flow",
@@ -57,8 +53,8 @@ class PrepareOptions:
         "auto",
         "--flow-backend",
         "auto: opencv-cuda, else torch on a GPU, else opencv on the CPU.",
-        FLOW_BACKENDS,
-    )  # vidact.flow.compute_flow's backend
+        FLOW_BACKENDS,  # vidact.flow.compute_flow's backends
+    )
     flow_bound: float = setting(
         FLOW_BOUND,
         "--flow-bound",

@@ -29,6 +29,10 @@ from typing import Any
 from vidact.data.sources.common import SourceDataset
 from vidact.errors import VidactError
 
+# Modules of the package that declare no dataset: left unimported, so that the command
+# line starts without loading what the synthetic generator needs (OpenCV, numpy).
+_NOT_SOURCES = {"common", "registry", "synthetic"}
+
 
 @dataclass(frozen=True)
 class SourceOption:
@@ -76,6 +80,8 @@ def dataset_sources() -> dict[str, DatasetSource]:
 
     found: dict[str, DatasetSource] = {}
     for module in pkgutil.iter_modules(package.__path__):
+        if module.name in _NOT_SOURCES:
+            continue
         for source in getattr(importlib.import_module(f"{package.__name__}.{module.name}"),
                               "SOURCES", ()):  # fmt: skip
             if source.name in found:
