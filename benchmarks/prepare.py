@@ -17,7 +17,7 @@ Five measurements on the same generated videos and the same number of processes:
   bare + files  the tuned loop, also writing every frame to its own file (open, write,
               close): what any frames extractor must at least do, so pipeline / this
               is the pipeline's own overhead beyond the files;
-  pipeline    `vidact.data.prepare.prepare_dataset(..., mode="frames")` from the call to
+  pipeline    `vidact.data.prepare.pipeline.prepare_dataset(..., mode="frames")` from the call to
               its return: pool start-up (a cold fork server every repeat), size
               estimate, atomic frame folders, done records, manifests and rawframe
               lists included;
