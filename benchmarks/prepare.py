@@ -11,13 +11,13 @@ Five measurements on the same generated videos and the same number of processes:
               nothing written, as anyone would write it (`reader.next().asnumpy()`,
               glibc's default allocator): the target is pipeline >= 85% of it;
   bare, tuned the same loop with the two per-frame savings the pipeline's workers make:
-              frames viewed through DLPack instead of copied (`readers._decord_to_numpy`)
+              frames viewed through DLPack instead of copied (`frames.decord_to_numpy`)
               and freed memory kept for reuse (`worker.keep_freed_memory`). Pipeline /
               this is the pipeline's whole overhead, file creation included;
   bare + files  the tuned loop, also writing every frame to its own file (open, write,
               close): what any frames extractor must at least do, so pipeline / this
               is the pipeline's own overhead beyond the files;
-  pipeline    `vidact.data.extract.prepare_dataset(..., mode="frames")` from the call to
+  pipeline    `vidact.data.prepare.pipeline.prepare_dataset(..., mode="frames")` from the call to
               its return: pool start-up (a cold fork server every repeat), size
               estimate, atomic frame folders, done records, manifests and rawframe
               lists included;
@@ -67,10 +67,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vidact.data.extract import PrepareOptions, output_size, prepare_dataset
-from vidact.data.extract.readers import _decord_to_numpy
-from vidact.data.extract.worker import keep_freed_memory
-from vidact.data.extract.writers import write_bytes
+from vidact.data.prepare.frames import decord_to_numpy, write_bytes
+from vidact.data.prepare.options import PrepareOptions, output_size
+from vidact.data.prepare.pipeline import prepare_dataset
+from vidact.data.prepare.worker import keep_freed_memory
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
 
@@ -107,7 +107,7 @@ def _init(tuned: bool) -> None:
 
 def _frame(reader: Any, tuned: bool) -> np.ndarray:
     # tuned: the pipeline's zero-copy view; else the copy a plain loop makes
-    return _decord_to_numpy(reader.next()) if tuned else reader.next().asnumpy()
+    return decord_to_numpy(reader.next()) if tuned else reader.next().asnumpy()
 
 
 def raw_decode(path: str, tuned: bool = False) -> tuple[int, float]:

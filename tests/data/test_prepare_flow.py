@@ -15,15 +15,11 @@ from tests.conftest import write_video
 from tests.data.fake_datasets import image_count, make_sthv1, read_jsonl
 from vidact.cli import app
 from vidact.data.dataset import ClipDataset, ClipSpec
-from vidact.data.extract import (
-    PrepareOptions,
-    PrepareSummary,
-    check_flow_bound,
-    estimate_output_bytes,
-    prepare,
-    read_flow_info,
-)
 from vidact.data.manifest import load_manifest
+from vidact.data.prepare.estimate import estimate_output_bytes
+from vidact.data.prepare.options import PrepareOptions
+from vidact.data.prepare.outputs import PrepareSummary, check_flow_bound, read_flow_info
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.transforms import ClipTransform
 from vidact.data.video import count_flow_frames, read_flow_frames
 from vidact.errors import VidactError
@@ -76,7 +72,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 def test_prepare_frames_with_flow_then_resume_and_load(
     translations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("vidact.data.extract.writers._FLOW_CHUNK", 2)  # 6-7 frames: 3-4 chunks
+    monkeypatch.setattr("vidact.data.prepare.frames.FLOW_CHUNK", 2)  # 6-7 frames: 3-4 chunks
     out = tmp_path / "out"
     summary = _prepare(translations, out)
     assert (summary.done, summary.failed, summary.flow_backend) == (4, 0, "opencv")
@@ -219,7 +215,7 @@ def test_sthv1_frame_folders_copied_and_resized_get_flow(tmp_path: Path) -> None
 
 
 def test_estimate_counts_flow(translations: Path, tmp_path: Path) -> None:
-    from vidact.data.extract.pipeline import _jobs
+    from vidact.data.prepare.pipeline import _jobs
     from vidact.data.sources.folder import load_folder
 
     jobs = _jobs(load_folder(translations))

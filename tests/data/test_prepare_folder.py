@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.data.fake_datasets import make_folder
-from vidact.data.extract import prepare
 from vidact.data.manifest import load_manifest, read_label_map
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.sources.folder import load_folder
 from vidact.errors import VidactError
 

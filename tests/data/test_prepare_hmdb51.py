@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.data.fake_datasets import HMDB_CLASSES, image_count, make_hmdb51
-from vidact.data.extract import prepare
 from vidact.data.manifest import load_manifest, read_label_map
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.sources.hmdb51 import load_hmdb51
 from vidact.errors import VidactError
 

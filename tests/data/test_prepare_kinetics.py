@@ -15,8 +15,8 @@ from tests.data.fake_datasets import (
     read_jsonl,
 )
 from vidact.data import video
-from vidact.data.extract import prepare
 from vidact.data.manifest import load_manifest, read_label_map
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.sources.kinetics import load_kinetics
 from vidact.errors import VidactError
 

@@ -9,8 +9,8 @@ import pytest
 from tests.conftest import frame_index_of
 from tests.data.fake_datasets import image_count, make_sthv1, make_sthv2
 from vidact.data import video
-from vidact.data.extract import prepare
 from vidact.data.manifest import load_manifest, read_label_map
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.sources.something import template_class
 from vidact.errors import VidactError
 

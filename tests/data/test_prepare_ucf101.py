@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.data.fake_datasets import UCF_CLASSES, make_ucf101
-from vidact.data.extract import prepare
 from vidact.data.manifest import load_manifest, read_label_map
+from vidact.data.prepare.pipeline import prepare
 from vidact.data.sources.ucf101 import load_ucf101
 from vidact.errors import VidactError
 

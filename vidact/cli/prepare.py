@@ -1,26 +1,30 @@
 """`vidact prepare ...`: datasets -> manifests (and frames).
 
-One command per dataset; each forwards its options to `vidact.data.extract.prepare` and
-prints the summary. The shared options (--out, --mode, --short-side, --fps, --quality,
---workers, --shard, --classes, --no-disk-check, --flow, --flow-backend, --flow-bound) are
-declared once below.
+One command per dataset of the registry (`vidact.data.sources.registry`), generated here:
+its help is the dataset's, its options are the dataset's own and the prepare settings
+declared once in `vidact.data.prepare.options` (PrepareOptions, RunOptions). Each command
+calls `vidact.data.prepare.pipeline.prepare` and prints the summary. `vidact prepare synthetic`
+generates its videos, so it is a command of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from vidact import console
 from vidact.cli.app import app, user_errors
-from vidact.constants import FLOW_BOUND
+from vidact.data.prepare.options import PrepareOptions, RunOptions
+from vidact.data.sources.registry import DatasetSource, dataset_sources
 
 if TYPE_CHECKING:
-    from vidact.data.extract import PrepareSummary
+    from vidact.data.prepare.outputs import PrepareSummary
 
 prepare_app = typer.Typer(
     help="Turn annotations + videos into manifests (and frames). Example: "
@@ -28,102 +32,6 @@ prepare_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(prepare_app, name="prepare")
-
-
-class Mode(str, Enum):
-    none = "none"
-    frames = "frames"
-    videos = "videos"
-
-
-class Flow(str, Enum):
-    none = "none"
-    tvl1 = "tvl1"
-
-
-class FlowBackend(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    opencv = "opencv"
-    opencv_cuda = "opencv-cuda"
-
-
-Videos = Annotated[
-    Path,
-    typer.Option("--videos", help="Folder that holds the dataset's videos.", show_default=False),
-]
-Annotations = Annotated[
-    Path,
-    typer.Option(
-        "--annotations", help="The official annotation file(s) or their folder.", show_default=False
-    ),
-]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.", show_default=False)]
-ModeOption = Annotated[
-    Mode,
-    typer.Option(
-        "--mode",
-        case_sensitive=False,
-        help="frames: JPEG frames (+ mmaction2 rawframe lists); videos: resized MP4s; "
-        "none: manifests over the original videos.",
-    ),
-]
-ShortSide = Annotated[
-    int, typer.Option("--short-side", help="Resize to this short side in pixels (0 keeps).")
-]
-Fps = Annotated[
-    float | None, typer.Option("--fps", help="Resample to this frame rate (default: keep all).")
-]
-Quality = Annotated[int, typer.Option("--quality", help="JPEG quality of --mode frames (1-100).")]
-Workers = Annotated[
-    int | None,
-    typer.Option(
-        "--workers",
-        help="Processes (default: one per core; 0 = in this process). On NFS or Lustre, "
-        "try twice the cores: a worker waits while its writes do.",
-    ),
-]
-Shard = Annotated[
-    str | None,
-    typer.Option(
-        "--shard",
-        help="K/N: do every N-th video starting at the K-th (K = 1..N), e.g. one SLURM "
-        "array task each; all shards share --out.",
-    ),
-]
-Classes = Annotated[
-    Path | None,
-    typer.Option("--classes", help="File with one class name per line: keep only these."),
-]
-NoDiskCheck = Annotated[
-    bool,
-    typer.Option("--no-disk-check", help="Start even if the estimated output exceeds free space."),
-]
-FlowOption = Annotated[
-    Flow,
-    typer.Option(
-        "--flow",
-        case_sensitive=False,
-        help="tvl1: also write TV-L1 optical flow, quantised x_/y_ JPEG pairs in "
-        "flow/<key>/ (N-1 pairs for N frames; slow on a CPU, see docs/datasets.md).",
-    ),
-]
-FlowBackendOption = Annotated[
-    FlowBackend,
-    typer.Option(
-        "--flow-backend",
-        case_sensitive=False,
-        help="auto: opencv-cuda, else torch on a GPU, else opencv on the CPU.",
-    ),
-]
-FlowBound = Annotated[
-    float,
-    typer.Option(
-        "--flow-bound",
-        help="Flow of -B..+B px maps to 0..255 (recorded in flow.json; recipes' "
-        "data.flow_bound must match).",
-    ),
-]
 
 
 @prepare_app.command("synthetic")
@@ -180,51 +88,6 @@ def prepare_synthetic(
     )
 
 
-def _run(
-    dataset: str,
-    videos: Path,
-    annotations: Path | None,
-    out: Path,
-    mode: Mode,
-    short_side: int,
-    fps: float | None,
-    quality: int,
-    workers: int | None,
-    shard: str | None,
-    classes: Path | None,
-    no_disk_check: bool,
-    flow: Flow,
-    flow_backend: FlowBackend,
-    flow_bound: float,
-    val_fraction: float = 0.0,
-    seed: int = 0,
-) -> None:
-    from vidact.data.extract import prepare
-
-    summary = prepare(
-        dataset,
-        videos,
-        annotations,
-        out,
-        mode=mode.value,
-        short_side=short_side,
-        fps=fps,
-        quality=quality,
-        workers=workers,
-        shard=shard,
-        classes=classes,
-        check_free_space=not no_disk_check,
-        val_fraction=val_fraction,
-        seed=seed,
-        flow=flow.value,
-        flow_backend=flow_backend.value,
-        flow_bound=flow_bound,
-    )
-    for note in summary.notes:
-        console.warn(note)
-    console.summary_table(f"{dataset} dataset", _summary_rows(summary))
-
-
 def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:
     rows = [
         ("dataset", f"{summary.dataset}, {summary.classes} classes, mode {summary.mode}"),
@@ -271,138 +134,61 @@ def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:
     return rows
 
 
-# The five official layouts take the same options; only their help differs.
-_OFFICIAL_HELP = {
-    "kinetics": """Kinetics-400/600/700 from the official CSV files.
-
-    CSV columns: label, youtube_id, time_start, time_end, split. Clips are found
-    by name anywhere under --videos (with or without class folders):
-    {youtube_id}_{start:06d}_{end:06d}.mp4, or the untrimmed {youtube_id}.mp4.
-    Missing clips are counted and listed in failures.jsonl, never fatal.
-    Re-running the same command resumes.
-
-    Examples:
-      vidact prepare kinetics --videos k400 --annotations k400/csv --out data/k400
-      vidact prepare kinetics --videos k400 --annotations k400/csv \\
-          --out data/mini200 --classes mini_kinetics_200.txt
-      vidact prepare kinetics --videos k400 --annotations k400/csv \\
-          --out data/k400 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
-    """,
-    "hmdb51": """HMDB51 from the official split files (testTrainMulti_7030_splits).
-
-    <class>_test_split<k>.txt: id 1 = train, 2 = test, 0 = unused. Writes
-    train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each video is
-    extracted once. --videos is the rar-extracted folder of class folders.
-
-    Examples:
-      vidact prepare hmdb51 --videos hmdb51 \\
-          --annotations testTrainMulti_7030_splits --out data/hmdb51
-      vidact prepare hmdb51 --videos hmdb51 \\
-          --annotations testTrainMulti_7030_splits --out data/h --mode videos
-      vidact prepare hmdb51 --videos hmdb51 \\
-          --annotations testTrainMulti_7030_splits --out data/hf --flow tvl1
-    """,
-    "ucf101": """UCF101 from ucfTrainTestlist (classInd.txt, trainlist0k, testlist0k).
-
-    Writes train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each
-    video is extracted once. --videos is the UCF-101 folder of class folders.
-
-    Examples:
-      vidact prepare ucf101 --videos UCF-101 \\
-          --annotations ucfTrainTestlist --out data/ucf101
-      vidact prepare ucf101 --videos UCF-101 \\
-          --annotations ucfTrainTestlist --out data/ucf101-raw --mode none
-      vidact prepare ucf101 --videos UCF-101 \\
-          --annotations ucfTrainTestlist --out data/ucf101-flow --flow tvl1
-    """,
-    "sthv1": """Something-Something V1: JPEG frame folders + ';'-separated CSV files.
-
-    --videos is 20bn-something-something-v1 (a folder of 00001.jpg ... per
-    video); --annotations holds something-something-v1-{labels,train,
-    validation}.csv. Frames that need no resizing are copied byte for byte.
-    Only --mode frames or videos (vidact reads img_00001.jpg folders).
-
-    Examples:
-      vidact prepare sthv1 --videos 20bn-something-something-v1 \\
-          --annotations sthv1-annotations --out data/sthv1
-    """,
-    "sthv2": """Something-Something V2: <id>.webm videos + the JSON annotation files.
-
-    --annotations holds something-something-v2-{labels,train,validation}.json.
-    A sample's class is its template with the brackets removed, as the
-    official tools do.
-
-    Examples:
-      vidact prepare sthv2 --videos 20bn-something-something-v2 \\
-          --annotations labels --out data/sthv2
-      vidact prepare sthv2 --videos 20bn-something-something-v2 \\
-          --annotations labels --out data/sthv2-raw --mode none
-    """,
-}
+def _option(name: str, kind: Any, default: Any, flags: str, help: str, **extra: Any) -> Any:
+    """One keyword parameter of a generated command: `name: Annotated[kind, Option] = default`."""
+    option = typer.Option(*flags.split(), help=help, show_default=default is not None, **extra)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+    )
 
 
-def _official_dataset_command(dataset: str) -> Callable[..., None]:
+def _settings_parameters() -> list[inspect.Parameter]:
+    """The prepare settings with a flag, from the fields of PrepareOptions and RunOptions."""
+    parameters = []
+    for kind in (PrepareOptions, RunOptions):
+        hints = typing.get_type_hints(kind)
+        for field in dataclasses.fields(kind):
+            flag, choices = field.metadata["flag"], field.metadata["choices"]
+            if flag is None:
+                continue  # a library-only setting
+            annotation = Literal[tuple(choices)] if choices else hints[field.name]
+            help = field.metadata["help"]
+            parameters.append(
+                _option(field.name, annotation, field.default, flag, help, case_sensitive=False)
+            )
+    return parameters
+
+
+def _dataset_command(source: DatasetSource) -> Callable[..., None]:
+    """`vidact prepare <source.name>`: --videos, --annotations (where it needs them), --out,
+    the dataset's own options, then the prepare settings."""
+    parameters = [
+        _option("videos", Path, ..., "--videos", "Folder that holds the dataset's videos."),
+    ]
+    if source.annotations:
+        help = "The official annotation file(s) or their folder."
+        parameters.append(_option("annotations", Path, ..., "--annotations", help))
+    parameters.append(_option("out", Path, ..., "--out -o", "Output folder."))
+    for own in source.options:
+        parameters.append(_option(own.name, own.type, own.default, own.flag, own.help))
+    parameters += _settings_parameters()
+
     def command(
-        videos: Videos,
-        annotations: Annotations,
-        out: Out,
-        mode: ModeOption = Mode.frames,
-        short_side: ShortSide = 256,
-        fps: Fps = None,
-        quality: Quality = 90,
-        workers: Workers = None,
-        shard: Shard = None,
-        classes: Classes = None,
-        no_disk_check: NoDiskCheck = False,
-        flow: FlowOption = Flow.none,
-        flow_backend: FlowBackendOption = FlowBackend.auto,
-        flow_bound: FlowBound = FLOW_BOUND,
+        *, videos: Path, out: Path, annotations: Path | None = None, **settings: Any
     ) -> None:
-        _run(dataset, videos, annotations, out, mode, short_side, fps, quality, workers, shard,
-             classes, no_disk_check, flow, flow_backend, flow_bound)  # fmt: skip
+        from vidact.data.prepare.pipeline import prepare
 
-    command.__name__ = command.__qualname__ = f"prepare_{dataset}"
-    command.__doc__ = _OFFICIAL_HELP[dataset]
+        summary = prepare(source.name, videos, annotations, out, **settings)
+        for note in summary.notes:
+            console.warn(note)
+        console.summary_table(f"{source.name} dataset", _summary_rows(summary))
+
+    command.__name__ = command.__qualname__ = f"prepare_{source.name}"
+    command.__doc__ = source.help
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
     return command
 
 
-for _dataset in _OFFICIAL_HELP:
-    prepare_app.command(_dataset)(user_errors(_official_dataset_command(_dataset)))
-
-
-@prepare_app.command("folder")
-@user_errors
-def prepare_folder(
-    videos: Videos,
-    out: Out,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of each class kept for val (0: none).")
-    ] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val split.")] = 0,
-    mode: ModeOption = Mode.frames,
-    short_side: ShortSide = 256,
-    fps: Fps = None,
-    quality: Quality = 90,
-    workers: Workers = None,
-    shard: Shard = None,
-    classes: Classes = None,
-    no_disk_check: NoDiskCheck = False,
-    flow: FlowOption = Flow.none,
-    flow_backend: FlowBackendOption = FlowBackend.auto,
-    flow_bound: FlowBound = FLOW_BOUND,
-) -> None:
-    """A plain folder with one sub-folder of videos per class.
-
-    Classes are the sorted folder names. With --val-fraction, each class is
-    split into train/val by a per-class shuffle from --seed (same seed, same
-    split).
-
-    Examples:
-      vidact prepare folder --videos my_videos --out data/mine --val-fraction 0.2
-      vidact prepare folder --videos my_videos --out data/mine-raw --mode none
-      vidact prepare folder --videos my_videos --out data/mine --flow tvl1 \\
-          --flow-backend torch
-    """
-    _run("folder", videos, None, out, mode, short_side, fps, quality, workers, shard, classes,
-         no_disk_check, flow, flow_backend, flow_bound, val_fraction=val_fraction,
-         seed=seed)  # fmt: skip
+for _source in dataset_sources().values():
+    prepare_app.command(_source.name)(user_errors(_dataset_command(_source)))

@@ -69,10 +69,6 @@ def decord_available() -> bool:
     return True
 
 
-def is_frame_folder(path: str | Path) -> bool:
-    return Path(path).is_dir()
-
-
 # ----------------------------------------------------------------------------- public API
 
 

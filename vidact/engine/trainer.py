@@ -114,7 +114,7 @@ def build_model_for(recipe: Recipe, num_classes: int) -> nn.Module:
 def build_datasets(recipe: Recipe, root: Path, num_classes: int) -> tuple[ClipDataset, ClipDataset]:
     data = recipe.data
     if data.modality != "rgb":
-        from vidact.data.extract import check_flow_bound
+        from vidact.data.prepare.outputs import check_flow_bound
 
         check_flow_bound(root, data.flow_bound)  # flow.json, where `vidact prepare` wrote flow
     spec = ClipSpec.from_recipe(data)

@@ -2,8 +2,9 @@
 
 A source module (kinetics, hmdb51, ucf101, something, folder) reads a dataset's official
 annotation files and turns them into a `SourceDataset`: the class list and, per split, a
-list of `SourceRecord`s (which video, which label, which output name). Sources never
-decode a video and never write anything; `vidact.data.extract` does the rest.
+list of `SourceRecord`s (which video, which label, which output name), and declares its
+datasets for the registry (`registry.py`: `SOURCES = (DatasetSource(...),)`). Sources
+never decode a video and never write anything; `vidact.data.prepare` does the rest.
 
 A record's video may be missing on disk (real copies of Kinetics always miss some): the
 record still names the path where it was expected, and the pipeline counts and lists it.

@@ -21,6 +21,7 @@ from vidact.data.sources.common import (
     require_dir,
     safe_name,
 )
+from vidact.data.sources.registry import DatasetSource, SourceOption
 from vidact.errors import VidactError
 
 
@@ -75,3 +76,30 @@ def load_folder(videos: str | Path, *, val_fraction: float = 0.0, seed: int = 0)
             "remove them or add videos"
         )
     return SourceDataset("folder", classes, splits)
+
+
+HELP = """A plain folder with one sub-folder of videos per class.
+
+    Classes are the sorted folder names. With --val-fraction, each class is
+    split into train/val by a per-class shuffle from --seed (same seed, same
+    split).
+
+    Examples:
+      vidact prepare folder --videos my_videos --out data/mine --val-fraction 0.2
+      vidact prepare folder --videos my_videos --out data/mine-raw --mode none
+      vidact prepare folder --videos my_videos --out data/mine --flow tvl1 \\
+          --flow-backend torch
+    """
+
+SOURCES = (
+    DatasetSource(
+        "folder",
+        load_folder,
+        HELP,
+        annotations=False,
+        options=(
+            SourceOption("val_fraction", float, 0.0, "Share of each class kept for val (0: none)."),
+            SourceOption("seed", int, 0, "Seed of the train/val split."),
+        ),
+    ),
+)

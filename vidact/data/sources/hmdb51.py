@@ -25,6 +25,7 @@ from vidact.data.sources.common import (
     require_dir,
     safe_name,
 )
+from vidact.data.sources.registry import DatasetSource
 from vidact.errors import VidactError
 
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d+)\.txt$", re.IGNORECASE)
@@ -90,3 +91,21 @@ def load_hmdb51(videos: str | Path, annotations: str | Path) -> SourceDataset:
         splits[f"train_split{k}"] = train
         splits[f"test_split{k}"] = test
     return SourceDataset("hmdb51", classes, splits)
+
+
+HELP = """HMDB51 from the official split files (testTrainMulti_7030_splits).
+
+    <class>_test_split<k>.txt: id 1 = train, 2 = test, 0 = unused. Writes
+    train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each video is
+    extracted once. --videos is the rar-extracted folder of class folders.
+
+    Examples:
+      vidact prepare hmdb51 --videos hmdb51 \\
+          --annotations testTrainMulti_7030_splits --out data/hmdb51
+      vidact prepare hmdb51 --videos hmdb51 \\
+          --annotations testTrainMulti_7030_splits --out data/h --mode videos
+      vidact prepare hmdb51 --videos hmdb51 \\
+          --annotations testTrainMulti_7030_splits --out data/hf --flow tvl1
+    """
+
+SOURCES = (DatasetSource("hmdb51", load_hmdb51, HELP),)

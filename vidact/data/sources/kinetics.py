@@ -26,6 +26,7 @@ from vidact.data.sources.common import (
     require_dir,
     safe_name,
 )
+from vidact.data.sources.registry import DatasetSource
 from vidact.errors import VidactError
 
 _REQUIRED = ("youtube_id", "time_start", "time_end")
@@ -141,3 +142,22 @@ def load_kinetics(videos: str | Path, annotations: str | Path) -> SourceDataset:
     ordered = {name: splits[name] for name in SPLIT_ORDER if name in splits}
     notes = [f"left out unlabelled rows (test set): {unlabelled}"] if unlabelled else []
     return SourceDataset("kinetics", classes, ordered, notes=notes)
+
+
+HELP = """Kinetics-400/600/700 from the official CSV files.
+
+    CSV columns: label, youtube_id, time_start, time_end, split. Clips are found
+    by name anywhere under --videos (with or without class folders):
+    {youtube_id}_{start:06d}_{end:06d}.mp4, or the untrimmed {youtube_id}.mp4.
+    Missing clips are counted and listed in failures.jsonl, never fatal.
+    Re-running the same command resumes.
+
+    Examples:
+      vidact prepare kinetics --videos k400 --annotations k400/csv --out data/k400
+      vidact prepare kinetics --videos k400 --annotations k400/csv \\
+          --out data/mini200 --classes mini_kinetics_200.txt
+      vidact prepare kinetics --videos k400 --annotations k400/csv \\
+          --out data/k400 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+    """
+
+SOURCES = (DatasetSource("kinetics", load_kinetics, HELP),)

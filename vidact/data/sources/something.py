@@ -34,6 +34,7 @@ from vidact.data.sources.common import (
     require_dir,
     safe_name,
 )
+from vidact.data.sources.registry import DatasetSource
 from vidact.errors import VidactError
 
 V1_FPS = 12.0  # the frame rate at which 20BN released the V1 JPEG frames
@@ -144,3 +145,34 @@ def load_sthv2(videos: str | Path, annotations: str | Path) -> SourceDataset:
     if find_annotation(annotations, ["*test.json"], "V2 test file", required=False):
         notes.append("the test split has no labels and was left out")
     return SourceDataset("sthv2", classes, splits, notes=notes)
+
+
+HELP_V1 = """Something-Something V1: JPEG frame folders + ';'-separated CSV files.
+
+    --videos is 20bn-something-something-v1 (a folder of 00001.jpg ... per
+    video); --annotations holds something-something-v1-{labels,train,
+    validation}.csv. Frames that need no resizing are copied byte for byte.
+    Only --mode frames or videos (vidact reads img_00001.jpg folders).
+
+    Examples:
+      vidact prepare sthv1 --videos 20bn-something-something-v1 \\
+          --annotations sthv1-annotations --out data/sthv1
+    """
+
+HELP_V2 = """Something-Something V2: <id>.webm videos + the JSON annotation files.
+
+    --annotations holds something-something-v2-{labels,train,validation}.json.
+    A sample's class is its template with the brackets removed, as the
+    official tools do.
+
+    Examples:
+      vidact prepare sthv2 --videos 20bn-something-something-v2 \\
+          --annotations labels --out data/sthv2
+      vidact prepare sthv2 --videos 20bn-something-something-v2 \\
+          --annotations labels --out data/sthv2-raw --mode none
+    """
+
+SOURCES = (
+    DatasetSource("sthv1", load_sthv1, HELP_V1),
+    DatasetSource("sthv2", load_sthv2, HELP_V2),
+)

@@ -28,6 +28,7 @@ from vidact.data.sources.common import (
     require_dir,
     safe_name,
 )
+from vidact.data.sources.registry import DatasetSource
 from vidact.errors import VidactError
 
 _LIST_FILE = re.compile(r"^(?P<role>train|test)list(?P<k>\d+)\.txt$", re.IGNORECASE)
@@ -94,3 +95,20 @@ def load_ucf101(videos: str | Path, annotations: str | Path) -> SourceDataset:
                 )
             splits[f"{role}_split{k}"] = records
     return SourceDataset("ucf101", classes, splits)
+
+
+HELP = """UCF101 from ucfTrainTestlist (classInd.txt, trainlist0k, testlist0k).
+
+    Writes train_split<k>.jsonl and test_split<k>.jsonl for k = 1, 2, 3; each
+    video is extracted once. --videos is the UCF-101 folder of class folders.
+
+    Examples:
+      vidact prepare ucf101 --videos UCF-101 \\
+          --annotations ucfTrainTestlist --out data/ucf101
+      vidact prepare ucf101 --videos UCF-101 \\
+          --annotations ucfTrainTestlist --out data/ucf101-raw --mode none
+      vidact prepare ucf101 --videos UCF-101 \\
+          --annotations ucfTrainTestlist --out data/ucf101-flow --flow tvl1
+    """
+
+SOURCES = (DatasetSource("ucf101", load_ucf101, HELP),)

@@ -1,6 +1,7 @@
 """What runs inside a worker process: one video's output, produced atomically and never
-raising for a bad video (`extract_video`). The pool that runs it is `pool.py`. This module
-imports only what a worker needs (the fork server preloads it): no rich, no sources."""
+raising for a bad video (`prepare_video`), and the worker's set-up (`init_worker`). The
+pool that runs it is `pool.py`; the fork server preloads this module once for all
+workers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ from pathlib import Path
 import cv2
 
 from vidact.atomic import atomic_dir, atomic_path
-from vidact.data.extract.options import (
+from vidact.data.prepare.frames import (
+    DecodeError,
+    FlowWriter,
+    Frames,
+    feed_flow,
+    frame_readers,
+    short_reason,
+    write_frames,
+    write_video,
+)
+from vidact.data.prepare.options import (
     ExtraStep,
     PrepareOptions,
     VideoJob,
@@ -26,8 +37,6 @@ from vidact.data.extract.options import (
     output_path,
     select_indices,
 )
-from vidact.data.extract.readers import _DecodeError, _readers, _short
-from vidact.data.extract.writers import _feed_flow, _FlowWriter, _write_frames, _write_video
 from vidact.data.video import decord_available
 from vidact.errors import VideoReadError
 
@@ -70,7 +79,74 @@ def _probe_source(job: VideoJob, options: PrepareOptions) -> int:
     return info.num_frames
 
 
-def extract_video(
+def _write_unit(
+    job: VideoJob,
+    frames_source: Frames,
+    target: Path | None,
+    flow_target: Path | None,
+    options: PrepareOptions,
+    extra_step: ExtraStep | None,
+) -> VideoResult:
+    """One video's frames (or video) and flow, written as one atomic unit."""
+    with contextlib.ExitStack() as stack:
+        # Entered in this order, renamed in the reverse one: the flow folder lands
+        # first, and the frames (what resume checks first) last.
+        tmp = None
+        if target is not None and options.mode == "frames":
+            tmp = stack.enter_context(atomic_dir(target))
+        elif target is not None:
+            tmp = stack.enter_context(atomic_path(target))
+        flow = None
+        if flow_target is not None:
+            flow = FlowWriter(stack.enter_context(atomic_dir(flow_target)), options)
+        if tmp is None:
+            assert flow is not None
+            count, size = feed_flow(frames_source, options, flow), 0
+        elif options.mode == "frames":
+            count, size = write_frames(frames_source, tmp, options, flow=flow)
+        else:
+            count, size = write_video(frames_source, tmp, options, flow=flow)
+        if count == 0:
+            raise DecodeError("no frames decoded (or the clip lies outside the video)")
+        pairs = 0
+        if flow is not None:
+            pairs, flow_bytes = flow.finish()
+            size += flow_bytes
+        if extra_step is not None and tmp is not None:
+            size += extra_step(job, tmp)
+    return VideoResult(job.key, "done", count, size, flow_pairs=pairs)
+
+
+def _prepare(
+    job: VideoJob, out: Path, options: PrepareOptions, extra_step: ExtraStep | None
+) -> VideoResult:
+    """`prepare_video` without its last line of defence: OSError and reader errors raise."""
+    if options.mode == "none":
+        frames = _probe_source(job, options)
+        if frames <= 0:
+            return VideoResult(job.key, "failed", reason="the clip segment lies outside the video")
+        if not options.with_flow:
+            return VideoResult(job.key, "done", frames, 0)
+        # The manifest indexes the whole file (start/end are recorded, not cut), so the
+        # flow covers the whole file too: flow frame t is always frame t -> t + 1.
+        job = dataclasses.replace(job, start=None, end=None)
+        target = None
+    else:
+        target = out / output_path(job.key, options.mode)
+        _remove_debris(target, options.mode)
+    flow_target = out / flow_path(job.key) if options.with_flow else None
+    if flow_target is not None:
+        _remove_debris(flow_target, "frames")
+    reasons = []
+    for name, make in frame_readers(job, options):  # the next reader where one fails
+        try:
+            return _write_unit(job, make(), target, flow_target, options, extra_step)
+        except DecodeError as exc:
+            reasons.append(f"{name}: {exc}")
+    return VideoResult(job.key, "failed", reason="; ".join(reasons))
+
+
+def prepare_video(
     job: VideoJob,
     out: str | Path,
     options: PrepareOptions,
@@ -80,66 +156,15 @@ def extract_video(
     if not os.path.exists(job.source):
         return VideoResult(job.key, "missing", reason=MISSING)
     try:
-        if options.mode == "none":
-            frames = _probe_source(job, options)
-            if frames <= 0:
-                return VideoResult(
-                    job.key, "failed", reason="the clip segment lies outside the video"
-                )
-            if not options.with_flow:
-                return VideoResult(job.key, "done", frames, 0)
-            # The manifest indexes the whole file (start/end are recorded, not cut), so
-            # the flow covers the whole file too: flow frame t is always frame t -> t + 1.
-            job = dataclasses.replace(job, start=None, end=None)
-            target = None
-        else:
-            target = Path(out) / output_path(job.key, options.mode)
-            _remove_debris(target, options.mode)
-        flow_target = Path(out) / flow_path(job.key) if options.with_flow else None
-        if flow_target is not None:
-            _remove_debris(flow_target, "frames")
-        reasons = []
-        for name, make in _readers(job, options):
-            try:
-                frames_source = make()
-                with contextlib.ExitStack() as stack:
-                    # Entered in this order, renamed in the reverse one: the flow folder
-                    # lands first, and the frames (what resume checks first) last.
-                    tmp = None
-                    if target is not None and options.mode == "frames":
-                        tmp = stack.enter_context(atomic_dir(target))
-                    elif target is not None:
-                        tmp = stack.enter_context(atomic_path(target))
-                    flow = None
-                    if flow_target is not None:
-                        flow = _FlowWriter(stack.enter_context(atomic_dir(flow_target)), options)
-                    if tmp is None:
-                        assert flow is not None
-                        count, size = _feed_flow(frames_source, options, flow), 0
-                    elif options.mode == "frames":
-                        count, size = _write_frames(frames_source, tmp, options, flow=flow)
-                    else:
-                        count, size = _write_video(frames_source, tmp, options, flow=flow)
-                    if count == 0:
-                        raise _DecodeError("no frames decoded (or the clip lies outside the video)")
-                    pairs = 0
-                    if flow is not None:
-                        pairs, flow_bytes = flow.finish()
-                        size += flow_bytes
-                    if extra_step is not None and tmp is not None:
-                        size += extra_step(job, tmp)
-                return VideoResult(job.key, "done", count, size, flow_pairs=pairs)
-            except _DecodeError as exc:
-                reasons.append(f"{name}: {exc}")
-        return VideoResult(job.key, "failed", reason="; ".join(reasons))
+        return _prepare(job, Path(out), options, extra_step)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return VideoResult(job.key, "disk_full", reason=f"disk full: {_short(exc)}")
-        return VideoResult(job.key, "failed", reason=f"{type(exc).__name__}: {_short(exc)}")
+            return VideoResult(job.key, "disk_full", reason=f"disk full: {short_reason(exc)}")
+        return VideoResult(job.key, "failed", reason=f"{type(exc).__name__}: {short_reason(exc)}")
     except VideoReadError as exc:
         return VideoResult(job.key, "failed", reason=exc.reason)
     except Exception as exc:  # a bad video must never stop the batch
-        return VideoResult(job.key, "failed", reason=f"{type(exc).__name__}: {_short(exc)}")
+        return VideoResult(job.key, "failed", reason=f"{type(exc).__name__}: {short_reason(exc)}")
 
 
 # glibc's mallopt() parameters (malloc.h)
@@ -169,7 +194,7 @@ def keep_freed_memory() -> bool:
     )
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     keep_freed_memory()
     cv2.setNumThreads(1)  # parallelism comes from the pool; OpenCV threads oversubscribe

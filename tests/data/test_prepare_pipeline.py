@@ -16,20 +16,18 @@ import pytest
 from tests.conftest import frame_index_of, numbered_frames, write_video
 from tests.data.fake_datasets import corrupt, image_count, make_folder, read_jsonl
 from vidact.data import video
-from vidact.data.extract import (
+from vidact.data.manifest import load_manifest, read_label_map
+from vidact.data.prepare import estimate, worker
+from vidact.data.prepare.options import (
     PrepareOptions,
     VideoJob,
-    estimate,
     iter_indices,
     output_size,
     parse_shard,
-    prepare,
-    prepare_dataset,
     select_indices,
     select_shard,
-    worker,
 )
-from vidact.data.manifest import load_manifest, read_label_map
+from vidact.data.prepare.pipeline import prepare, prepare_dataset
 from vidact.data.sources.common import SourceDataset, SourceRecord
 from vidact.errors import VidactError
 
@@ -210,7 +208,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_line(
     def full(*args: object, **kwargs: object) -> tuple[int, int]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(worker, "_write_frames", full)
+    monkeypatch.setattr(worker, "write_frames", full)
     with pytest.raises(VidactError, match="disk full.*re-run the same command"):
         prepare_dataset(source, tmp_path / "out", workers=0)
 
@@ -221,7 +219,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_line(
 def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = _numbered_source(tmp_path / "src", [5, 6, 7, 8])
     out = tmp_path / "out"
-    real = worker._write_frames
+    real = worker.write_frames
     calls = []
 
     def interrupted_third(
@@ -232,10 +230,10 @@ def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third video
         return real(frames, folder, options, flow=flow)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(worker, "_write_frames", interrupted_third)
+    monkeypatch.setattr(worker, "write_frames", interrupted_third)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(source, out, PrepareOptions(short_side=32), workers=0)
-    monkeypatch.setattr(worker, "_write_frames", real)
+    monkeypatch.setattr(worker, "write_frames", real)
     assert sorted(p.name for p in (out / "frames/clips").iterdir()) == ["v0", "v1"]  # no debris
     assert not (out / "train.jsonl").exists()
     summary = prepare_dataset(source, out, PrepareOptions(short_side=32), workers=0)
@@ -246,11 +244,12 @@ def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
 _KILLABLE = """
 import sys, time
 from pathlib import Path
-from vidact.data import extract
-from vidact.data.extract import worker
+from vidact.data.prepare import worker
+from vidact.data.prepare.options import PrepareOptions
+from vidact.data.prepare.pipeline import prepare_dataset
 from vidact.data.sources.common import SourceDataset, SourceRecord
 
-real = worker._write_frames
+real = worker.write_frames
 def slow(frames, folder, options, flow=None):
     count = 0
     for frame in frames:  # write frame by frame, slowly, so that a kill lands mid-video
@@ -258,11 +257,11 @@ def slow(frames, folder, options, flow=None):
         (folder / f"img_{count:05d}.jpg").write_bytes(b"partial")
         time.sleep(0.05)
     return real(type(frames)(frames.path, frames.job, frames.target_fps), folder, options, flow)
-worker._write_frames = slow  # where extract_video looks it up
+worker.write_frames = slow  # where prepare_video looks it up
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 records = [SourceRecord(f"c/v{i}", root / f"v{i}.mp4", 0, "c") for i in range(6)]
-extract.prepare_dataset(SourceDataset("test", ["c"], {"train": records}), out,
-                        extract.PrepareOptions(short_side=32, backend="decord"), workers=0)
+prepare_dataset(SourceDataset("test", ["c"], {"train": records}), out,
+                PrepareOptions(short_side=32, backend="decord"), workers=0)
 """
 
 

@@ -6,32 +6,61 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from vidact.constants import FLOW_BOUND
+from vidact.constants import FLOW_BACKENDS, FLOW_BOUND
 from vidact.errors import VidactError
 
 MODES = ("none", "frames", "videos")
-FLOWS = ("none", "tvl1")
-FLOW_BACKENDS = ("auto", "torch", "opencv", "opencv-cuda")  # vidact.flow.backends.BACKENDS
+FLOW_METHODS = ("none", "tvl1")  # --flow: classic flow written beside the frames
 
 Status = Literal["done", "failed", "missing", "disk_full"]
 
 
+def setting(default: Any, flag: str | None, help: str, choices: Sequence[str] = ()) -> Any:
+    """A prepare setting, declared once: its default, its command-line flag (None: library
+    only) and help, and its allowed values. `vidact prepare` builds its options from these."""
+    return field(default=default, metadata={"flag": flag, "help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class PrepareOptions:
-    """What to write for each video."""
+    """What to write for each video (prepare.json records what a resumed run must share)."""
 
-    mode: str = "frames"
-    short_side: int = 256  # resize so that the short side is this (never upscale); 0 keeps
-    fps: float | None = None  # resample to this frame rate (never up); None keeps every frame
-    quality: int = 90  # JPEG quality of --mode frames
-    backend: str | None = None  # "auto" (decord, then OpenCV), "decord", "opencv"
-    flow: str = "none"  # "tvl1": also write quantised TV-L1 flow under flow/<key>/
-    flow_backend: str = "auto"  # vidact.flow.compute_flow's backend
-    flow_bound: float = FLOW_BOUND  # +-bound px maps onto [0, 255]
+    mode: str = setting(
+        "frames",
+        "--mode",
+        "frames: JPEG frames (+ mmaction2 rawframe lists); videos: resized MP4s; "
+        "none: manifests over the original videos.",
+        MODES,
+    )
+    # never upscaled, never resampled up
+    short_side: int = setting(256, "--short-side", "Resize to this short side in pixels (0 keeps).")
+    fps: float | None = setting(None, "--fps", "Resample to this frame rate (default: keep all).")
+    quality: int = setting(90, "--quality", "JPEG quality of --mode frames (1-100).")
+    # the video reader; library only (None: vidact.data.video's default)
+    backend: str | None = setting(None, None, '"auto" (decord, then OpenCV), "decord", "opencv"')
+    flow: str = setting(
+        "none",
+        "--flow",
+        "tvl1: also write TV-L1 optical flow, quantised x_/y_ JPEG pairs in flow/<key>/ "
+        "(N-1 pairs for N frames; slow on a CPU, see docs/datasets.md).",
+        FLOW_METHODS,
+    )
+    flow_backend: str = setting(
+        "auto",
+        "--flow-backend",
+        "auto: opencv-cuda, else torch on a GPU, else opencv on the CPU.",
+        FLOW_BACKENDS,  # vidact.flow.compute_flow's backends
+    )
+    flow_bound: float = setting(
+        FLOW_BOUND,
+        "--flow-bound",
+        "Flow of -B..+B px maps to 0..255 (recorded in flow.json; recipes' "
+        "data.flow_bound must match).",
+    )
 
     @property
     def with_flow(self) -> bool:
@@ -49,8 +78,8 @@ class PrepareOptions:
             problems.append("--quality must be between 1 and 100")
         if self.mode == "none" and self.fps is not None:
             problems.append("--fps needs --mode frames or videos (--mode none copies nothing)")
-        if self.flow not in FLOWS:
-            problems.append(f"--flow must be one of {', '.join(FLOWS)}, not {self.flow!r}")
+        if self.flow not in FLOW_METHODS:
+            problems.append(f"--flow must be one of {', '.join(FLOW_METHODS)}, not {self.flow!r}")
         if self.flow_backend not in FLOW_BACKENDS:
             problems.append(
                 f"--flow-backend must be one of {', '.join(FLOW_BACKENDS)}, "
@@ -72,6 +101,46 @@ class PrepareOptions:
             values |= {"flow": self.flow, "flow_bound": self.flow_bound}
             values.setdefault("short_side", self.short_side)  # --mode none: flow's size
         return values
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a prepare run goes about it (not recorded: any run may choose its own)."""
+
+    workers: int | None = setting(
+        None,
+        "--workers",
+        "Processes (default: one per core; 0 = in this process). On NFS or Lustre, "
+        "try twice the cores: a worker waits while its writes do.",
+    )
+    shard: str | None = setting(
+        None,
+        "--shard",
+        "K/N: do every N-th video starting at the K-th (K = 1..N), e.g. one SLURM "
+        "array task each; all shards share --out.",
+    )
+    classes: Path | None = setting(
+        None, "--classes", "File with one class name per line: keep only these."
+    )
+    check_free_space: bool = setting(
+        True,
+        "--disk-check/--no-disk-check",
+        "Refuse to start when the estimated output exceeds the free space.",
+    )
+
+
+def split_settings(
+    settings: dict[str, Any], own: Sequence[str] = ()
+) -> tuple[PrepareOptions, RunOptions, dict[str, Any]]:
+    """Keyword settings -> (PrepareOptions, RunOptions, the dataset's `own` options)."""
+    names = {kind: {f.name for f in fields(kind)} for kind in (PrepareOptions, RunOptions)}
+    unknown = sorted(set(settings) - names[PrepareOptions] - names[RunOptions] - set(own))
+    if unknown:
+        known = sorted(names[PrepareOptions] | names[RunOptions] | set(own))
+        raise VidactError(f"unknown prepare setting {unknown[0]!r}; use {', '.join(known)}")
+    options = PrepareOptions(**{k: v for k, v in settings.items() if k in names[PrepareOptions]})
+    run = RunOptions(**{k: v for k, v in settings.items() if k in names[RunOptions]})
+    return options, run, {k: v for k, v in settings.items() if k in own}
 
 
 @dataclass(frozen=True)

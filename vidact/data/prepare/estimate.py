@@ -14,9 +14,14 @@ import cv2
 import numpy as np
 
 from vidact import console
-from vidact.data.extract.options import PrepareOptions, VideoJob, output_size, select_indices
-from vidact.data.extract.readers import _DecodeError, folder_images
-from vidact.data.extract.writers import VIDEO_FOURCC, _to_bgr, encode_flow_image
+from vidact.data.prepare.frames import (
+    VIDEO_FOURCC,
+    DecodeError,
+    encode_flow_image,
+    folder_images,
+    to_bgr,
+)
+from vidact.data.prepare.options import PrepareOptions, VideoJob, output_size, select_indices
 from vidact.errors import VidactError
 
 _ESTIMATE_SAMPLES = 12  # videos decoded to estimate the output size
@@ -66,13 +71,13 @@ def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> floa
     if options.mode == "frames":
         size = output_size(width, height, options.short_side)
         params = [cv2.IMWRITE_JPEG_QUALITY, options.quality]
-        sizes = [cv2.imencode(".jpg", _to_bgr(f, size, True), params)[1].size for f in frames]
+        sizes = [cv2.imencode(".jpg", to_bgr(f, size, True), params)[1].size for f in frames]
         return kept * float(np.mean(sizes))
     size = output_size(width, height, options.short_side, even=True)
     path = workdir / "estimate.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*VIDEO_FOURCC), 25.0, size)
     for frame in frames:
-        writer.write(_to_bgr(frame, size, True))
+        writer.write(to_bgr(frame, size, True))
     writer.release()
     per_frame = path.stat().st_size / len(frames) if path.is_file() else 0.0
     return kept * per_frame
@@ -98,7 +103,7 @@ def _estimate_flow_one(
         def load(picks: list[int]) -> np.ndarray:
             gray = [cv2.imread(str(images[i]), cv2.IMREAD_GRAYSCALE) for i in picks]
             if any(g is None for g in gray):
-                raise _DecodeError("an image of the frame folder is unreadable")
+                raise DecodeError("an image of the frame folder is unreadable")
             return np.stack([g for g in gray if g is not None])
 
     else:

@@ -1,5 +1,6 @@
 """`prepare_dataset`: one source dataset into OUT, resumable and shardable (the layout and
-the rules are in the `vidact.data.extract` docstring)."""
+the rules are in the `vidact.data.prepare` docstring); `prepare`: a dataset of the registry
+by name, with the settings of `options.py`."""
 
 from __future__ import annotations
 
@@ -15,27 +16,43 @@ from typing import Any
 
 from vidact import console
 from vidact.atomic import atomic_write_text
-from vidact.data.extract.estimate import check_disk, estimate_output_bytes
-from vidact.data.extract.flow_info import FLOW_INFO_FILE, _flow_info
-from vidact.data.extract.options import (
+from vidact.data.manifest import write_label_map
+from vidact.data.prepare.estimate import DiskEstimate, check_disk, estimate_output_bytes
+from vidact.data.prepare.options import (
     ExtraStep,
     PrepareOptions,
     VideoJob,
     VideoResult,
     flow_path,
     output_path,
+    parse_shard,
     select_shard,
+    split_settings,
 )
-from vidact.data.extract.outputs import FAILURES_FILE, _write_outputs
-from vidact.data.extract.pool import _run_jobs, _start_pool
-from vidact.data.extract.state import _State
-from vidact.data.extract.summary import PrepareSummary
-from vidact.data.manifest import write_label_map
-from vidact.data.sources.common import SourceDataset, SourceRecord, check_unique_keys, first_few
+from vidact.data.prepare.outputs import (
+    FAILURES_FILE,
+    FLOW_INFO_FILE,
+    PrepareSummary,
+    ResumeState,
+    flow_info,
+    write_outputs,
+)
+from vidact.data.prepare.pool import run_jobs, start_pool, stop_pool
+from vidact.data.sources.common import (
+    SourceDataset,
+    SourceRecord,
+    check_unique_keys,
+    first_few,
+    read_class_list,
+    restrict_classes,
+)
+from vidact.data.sources.registry import dataset_source
 from vidact.errors import VidactError
 
 SETTINGS_FILE = "prepare.json"
 LABELS_FILE = "labels.txt"
+
+Shard = tuple[int, int] | None  # (k, n): every n-th video from the k-th (1-based)
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -98,7 +115,7 @@ def _process(
     todo: Sequence[VideoJob],
     out: Path,
     options: PrepareOptions,
-    state: _State,
+    state: ResumeState,
     results: Iterator[VideoResult],
     description: str,
 ) -> _Tally:
@@ -146,23 +163,8 @@ def _process(
     return tally
 
 
-def prepare_dataset(
-    source: SourceDataset,
-    out: str | Path,
-    options: PrepareOptions | None = None,
-    *,
-    workers: int | None = None,
-    shard: tuple[int, int] | None = None,
-    check_free_space: bool = True,
-    extra_step: ExtraStep | None = None,
-) -> PrepareSummary:
-    """Extract (or just probe) every video of `source` into `out`; resumable, shardable.
-
-    `workers`: processes (default one per core; 0 runs in this process). `shard`: (k, n)
-    to do only every n-th video. `check_free_space`: refuse when the estimated output
-    does not fit. `extra_step`: see the `vidact.data.extract` docstring.
-    """
-    options = options or PrepareOptions()
+def _checked(source: SourceDataset, options: PrepareOptions) -> PrepareOptions:
+    """`options`, validated against `source`, with the flow backend settled."""
     options.validate()
     if source.frame_folders and options.mode == "none":
         raise VidactError(
@@ -175,15 +177,18 @@ def prepare_dataset(
 
         # "auto" is settled here, once: every worker then runs the same backend.
         options = dataclasses.replace(options, flow_backend=resolve_backend(options.flow_backend))
-    out = Path(out)
+    return options
+
+
+def _open_out(out: Path, source: SourceDataset, options: PrepareOptions) -> list[VideoJob]:
+    """OUT made (or checked for the same settings) with its label map; the jobs."""
     if out.exists() and not out.is_dir():
         raise VidactError(f"{out}: exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, options.settings(source.name))
     write_label_map(out / LABELS_FILE, source.classes)
     if options.with_flow:
-        atomic_write_text(out / FLOW_INFO_FILE, json.dumps(_flow_info(options), indent=2) + "\n")
-
+        atomic_write_text(out / FLOW_INFO_FILE, json.dumps(flow_info(options), indent=2) + "\n")
     jobs = _jobs(source)
     if not jobs:
         raise VidactError(f"{source.name}: the annotations list no videos (check --classes)")
@@ -192,8 +197,88 @@ def prepare_dataset(
             f"none of the {len(jobs)} videos of {source.name} were found (the first is expected "
             f"at {jobs[0].source}); check --videos"
         )
+    return jobs
+
+
+def _description(source: SourceDataset, options: PrepareOptions, shard: Shard) -> str:
+    """The progress bar's label."""
+    description = source.name + " " + options.mode
+    if options.with_flow:
+        description += f" + {options.flow} ({options.flow_backend})"
+    if shard is not None:
+        description += f" {shard[0]}/{shard[1]}"
+    return description
+
+
+def _announce(estimate: DiskEstimate, todo: int, skipped: int) -> None:
+    if estimate.bytes:
+        flow_share = ""
+        if estimate.flow_bytes:
+            flow_share = f" (flow {console.human_bytes(estimate.flow_bytes)})"
+        console.info(
+            f"{todo} videos to prepare ({skipped} already done); estimated output "
+            f"{console.human_bytes(estimate.bytes)}{flow_share}, "
+            f"{console.human_bytes(estimate.free)} free"
+        )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What `prepare_dataset` decided to do: the jobs of this shard still to do."""
+
+    out: Path
+    options: PrepareOptions
+    state: ResumeState
+    todo: list[VideoJob]
+    skipped: int
+    description: str
+
+
+def _execute(
+    run: _Run, workers: int, check_free_space: bool, extra_step: ExtraStep | None
+) -> tuple[_Tally, DiskEstimate, float]:
+    """Estimate, check the disk, run the jobs: (tally, estimate, seconds of the jobs)."""
+    # The worker processes start (and import) while this process estimates the output.
+    pool = start_pool(workers) if workers > 0 and run.todo else None
+    try:
+        estimate = estimate_output_bytes(run.todo, run.out, run.options)
+        _announce(estimate, len(run.todo), run.skipped)
+        if check_free_space:
+            check_disk(estimate, run.out, len(run.todo))
+        start = time.perf_counter()
+        run.state.failed_file.write_text("", encoding="utf-8")  # this run retries every failure
+        results = run_jobs(run.todo, run.out, run.options, workers, extra_step, started=pool)
+        try:
+            tally = _process(run.todo, run.out, run.options, run.state, results, run.description)
+        finally:
+            results.close()  # stops the worker pool if we leave early
+        return tally, estimate, time.perf_counter() - start
+    finally:
+        if pool is not None:  # the pool was never used (disk check), or is already stopped
+            stop_pool(pool)
+
+
+def prepare_dataset(
+    source: SourceDataset,
+    out: str | Path,
+    options: PrepareOptions | None = None,
+    *,
+    workers: int | None = None,
+    shard: Shard = None,
+    check_free_space: bool = True,
+    extra_step: ExtraStep | None = None,
+) -> PrepareSummary:
+    """Prepare (or just probe) every video of `source` into `out`; resumable, shardable.
+
+    `workers`: processes (default one per core; 0 runs in this process). `shard`: (k, n)
+    to do only every n-th video. `check_free_space`: refuse when the estimated output
+    does not fit. `extra_step`: see the `vidact.data.prepare` docstring.
+    """
+    options = _checked(source, options or PrepareOptions())
+    out = Path(out)
+    jobs = _open_out(out, source, options)
     selected = select_shard(jobs, shard)
-    state = _State(out, shard)
+    state = ResumeState(out, shard)
     state.dir.mkdir(parents=True, exist_ok=True)
     done_before = state.done()
     todo = [
@@ -201,47 +286,34 @@ def prepare_dataset(
         for job in selected
         if not (job.key in done_before and _finished_on_disk(job.key, out, options))
     ]
-    skipped = len(selected) - len(todo)
+    run = _Run(
+        out, options, state, todo, len(selected) - len(todo), _description(source, options, shard)
+    )
     workers = (os.cpu_count() or 1) if workers is None else workers
-    description = source.name + " " + options.mode
-    if options.with_flow:
-        description += f" + {options.flow} ({options.flow_backend})"
-    if shard is not None:
-        description += f" {shard[0]}/{shard[1]}"
+    tally, estimate, seconds = _execute(run, workers, check_free_space, extra_step)
+    return _finish(source, run, jobs, shard, len(selected), tally, estimate, seconds)
 
-    # The worker processes start (and import) while this process estimates the output.
-    pool = _start_pool(workers) if workers > 0 and todo else None
-    try:
-        estimate = estimate_output_bytes(todo, out, options)
-        if estimate.bytes:
-            flow_share = ""
-            if estimate.flow_bytes:
-                flow_share = f" (flow {console.human_bytes(estimate.flow_bytes)})"
-            console.info(
-                f"{len(todo)} videos to prepare ({skipped} already done); estimated output "
-                f"{console.human_bytes(estimate.bytes)}{flow_share}, "
-                f"{console.human_bytes(estimate.free)} free"
-            )
-        if check_free_space:
-            check_disk(estimate, out, len(todo))
-        start = time.perf_counter()
-        state.failed_file.write_text("", encoding="utf-8")  # this run retries every failure
-        results = _run_jobs(todo, out, options, workers, extra_step, started=pool)
-        try:
-            tally = _process(todo, out, options, state, results, description)
-        finally:
-            results.close()  # stops the worker pool if we leave early
-        seconds = time.perf_counter() - start
-    finally:
-        if pool is not None:  # the pool was never used (disk check), or is already shut down
-            pool.shutdown(wait=False, cancel_futures=True)
 
+def _finish(
+    source: SourceDataset,
+    run: _Run,
+    jobs: list[VideoJob],
+    shard: Shard,
+    selected: int,
+    tally: _Tally,
+    estimate: DiskEstimate,
+    seconds: float,
+) -> PrepareSummary:
+    """The manifests (once every shard is done) and the summary of the run."""
+    out, options = run.out, run.options
     done_all = {
-        key: entry for key, entry in state.done().items() if _finished_on_disk(key, out, options)
+        key: entry
+        for key, entry in run.state.done().items()
+        if _finished_on_disk(key, out, options)
     }
-    failed_all = {key: entry for key, entry in state.failed().items() if key not in done_all}
+    failed_all = {key: entry for key, entry in run.state.failed().items() if key not in done_all}
     pending = sum(1 for job in jobs if job.key not in done_all and job.key not in failed_all)
-    manifests = _write_outputs(source, out, options, done_all, failed_all) if not pending else {}
+    manifests = write_outputs(source, out, options, done_all, failed_all) if not pending else {}
     notes = list(source.notes)
     if tally.missing:
         notes.append(
@@ -260,9 +332,9 @@ def prepare_dataset(
         mode=options.mode,
         shard=shard,
         classes=len(source.classes),
-        total=len(selected),
+        total=selected,
         done=tally.counts["done"],
-        skipped=skipped,
+        skipped=run.skipped,
         failed=tally.counts["failed"],
         missing=tally.counts["missing"],
         frames_written=tally.frames,
@@ -280,4 +352,34 @@ def prepare_dataset(
         flow_bound=options.flow_bound,
         flow_pairs_written=tally.flow_pairs,
         estimated_flow_bytes=estimate.flow_bytes,
+    )
+
+
+def prepare(
+    dataset: str,
+    videos: str | Path,
+    annotations: str | Path | None,
+    out: str | Path,
+    **settings: Any,
+) -> PrepareSummary:
+    """`vidact prepare <dataset>`: annotations + videos -> manifests, label map, outputs.
+
+    `settings` are the fields of `PrepareOptions` (mode, short_side, fps, quality, backend,
+    flow, flow_backend, flow_bound), of `RunOptions` (workers, shard "K/N" or (k, n),
+    classes, check_free_space) and the dataset's own options (e.g. the folder dataset's
+    val_fraction and seed): `vidact prepare <dataset> --help` lists them all."""
+    source_of = dataset_source(dataset)
+    options, run, own = split_settings(settings, [option.name for option in source_of.options])
+    options.validate()
+    shard = run.shard if isinstance(run.shard, tuple) else parse_shard(run.shard)
+    source = source_of.read(videos, annotations, **own)
+    if run.classes is not None:
+        source = restrict_classes(source, read_class_list(run.classes), str(run.classes))
+    return prepare_dataset(
+        source,
+        out,
+        options,
+        workers=run.workers,
+        shard=shard,
+        check_free_space=run.check_free_space,
     )

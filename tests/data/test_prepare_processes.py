@@ -1,10 +1,12 @@
-"""What the extraction pool's processes get: glibc's allocator set to keep freed memory,
-the parent's main script loaded once by the fork server, decord frames without a copy."""
+"""What the prepare pool's processes get: glibc's allocator set to keep freed memory, the
+worker modules loaded once (by the fork server) for all workers, one clear line for a
+script that starts prepare without a main guard, decord frames without a copy."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ import pytest
 
 from tests.conftest import write_video
 from vidact.data import video
-from vidact.data.extract.readers import _decord_to_numpy
+from vidact.data.prepare.frames import decord_to_numpy
 
 needs_fork_server = pytest.mark.skipif(
     "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server"
@@ -40,7 +42,7 @@ def run_script(
 ALLOCATIONS = """
 import resource, sys
 import numpy as np
-from vidact.data.extract.worker import keep_freed_memory
+from vidact.data.prepare.worker import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 def faults():
@@ -66,45 +68,34 @@ def test_keep_freed_memory_stops_page_faults_on_every_frame(tmp_path: Path) -> N
     assert faults["tuned"] < faults["plain"] // 20
 
 
-MAIN_SCRIPT = """
+POOL_SCRIPT = """
 import os
-from pathlib import Path
+import time
 
-import helper  # a module beside the script: found through the parent's sys.path
-
-with open(os.environ["LOG"], "a") as log:
-    log.write(f"{os.getpid()} {__name__}\\n")
-
-from concurrent.futures import ProcessPoolExecutor
-
-from vidact.data.extract.pool import _pool_context
+from vidact.data.prepare.pool import start_pool, stop_pool
 
 
 def pid(_):
-    import time
-
-    time.sleep(0.05)
+    time.sleep(0.2)  # long enough that every worker gets a job
     return os.getpid()
 
 
 if __name__ == "__main__":
-    with ProcessPoolExecutor(3, mp_context=_pool_context()) as pool:
-        print(len(set(pool.map(pid, range(6)))))
+    pool = start_pool(3)
+    futures = [pool.schedule(pid, (i,)) for i in range(6)]
+    print(len({future.result() for future in futures}))
+    stop_pool(pool)
 """
 
 
 @needs_fork_server
-def test_the_fork_server_runs_the_parents_main_script_once_for_all_workers(
-    tmp_path: Path,
-) -> None:
-    log = tmp_path / "imports.log"
-    (tmp_path / "helper.py").write_text("")
-    out = run_script(tmp_path, MAIN_SCRIPT, env={"LOG": str(log)})
+def test_workers_load_the_worker_modules_once_for_all(tmp_path: Path) -> None:
+    out = run_script(tmp_path, POOL_SCRIPT, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout) >= 2  # the jobs ran in several workers
-    names = [line.split()[1] for line in log.read_text().splitlines()]
-    # the parent, then the fork server once; the three workers find it loaded
-    assert names == ["__main__", "__mp_main__"]
+    assert int(out.stdout) == 3  # the jobs ran in three workers
+    imports = [line for line in out.stderr.splitlines() if re.search(r"\|\s+cv2$", line)]
+    # the parent, then the fork server once; the three workers find OpenCV loaded
+    assert len(imports) == 2, imports
 
 
 @pytest.mark.skipif(not video.decord_available(), reason="decord not installed")
@@ -116,7 +107,7 @@ def test_decord_frames_are_viewed_not_copied(tmp_path: Path) -> None:
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     copies = [reader[i].asnumpy() for i in range(3)]
     reader.seek(0)
-    views = [_decord_to_numpy(reader.next()) for _ in range(3)]
+    views = [decord_to_numpy(reader.next()) for _ in range(3)]
     del reader  # the views keep their frames alive
     for copy, view in zip(copies, views, strict=True):
         assert view.shape == (32, 40, 3) and view.dtype == np.uint8
@@ -129,26 +120,32 @@ def test_frames_without_dlpack_are_copied() -> None:
         def asnumpy(self) -> np.ndarray:
             return np.zeros((2, 2, 3), np.uint8)
 
-    assert _decord_to_numpy(OldFrame()).shape == (2, 2, 3)
+    assert decord_to_numpy(OldFrame()).shape == (2, 2, 3)
 
 
 UNGUARDED_SCRIPT = """
-from concurrent.futures import ProcessPoolExecutor
+import sys
+from pathlib import Path
 
-from vidact.data.extract.pool import _pool_context
+from vidact.data.prepare.options import PrepareOptions
+from vidact.data.prepare.pipeline import prepare_dataset
+from vidact.data.sources.common import SourceDataset, SourceRecord
 
 # no `if __name__ == "__main__":` guard
-with ProcessPoolExecutor(2, mp_context=_pool_context()) as pool:
-    print(sum(pool.map(abs, range(-3, 3))))
+video, out = Path(sys.argv[1]), Path(sys.argv[2])
+source = SourceDataset("test", ["c"], {"train": [SourceRecord("c/v", video, 0, "c")]})
+prepare_dataset(source, out, PrepareOptions(short_side=16), workers=2)
+print("finished")
 """
 
 
 @needs_fork_server
-def test_a_script_without_a_main_guard_fails_as_with_spawn_instead_of_running_twice(
-    tmp_path: Path,
-) -> None:
-    out = run_script(tmp_path, UNGUARDED_SCRIPT)
-    # the fork server must not run the script's body (a second copy of the user's job)
-    assert out.stdout.count("9") <= 1
+def test_a_script_without_a_main_guard_stops_with_a_clear_line(tmp_path: Path) -> None:
+    frames = np.zeros((4, 24, 32, 3), np.uint8)
+    video_path = write_video(tmp_path / "v.mp4", frames)
+    out = run_script(tmp_path, UNGUARDED_SCRIPT, str(video_path), str(tmp_path / "out"))
     assert out.returncode != 0
-    assert "bootstrapping phase" in out.stderr or "BrokenProcessPool" in out.stderr
+    assert "finished" not in out.stdout
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("vidact.errors.")]
+    assert "the worker processes exited as they started" in line
+    assert 'if __name__ == "__main__":' in line
