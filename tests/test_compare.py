@@ -69,7 +69,7 @@ def test_network_sobel_times_gain_is_the_pixel_layer_with_scaled_parameters() ->
     printed = paper_layer(10, printed_sobel=True)
     assert printed.gain == 8.0
     eq = printed.pixel_equivalent()
-    assert eq == pytest.approx({"tau": 2.0, "lam": 1.2, "theta": 2.4})
+    assert eq == pytest.approx({"tau": 0.25, "lam": 1.2, "theta": 2.4})
     pixel = RepresentationFlow(
         iterations=10, learn="none", normalize_sobel=True, checkpoint=False,
         tau=eq["tau"], lam=eq["lam"], theta=eq["theta"],
@@ -136,7 +136,7 @@ def test_checkpoint_parameters_come_from_the_first_flow_layer(tmp_path: Path) ->
     assert spec.values["div_x"] == pytest.approx([-0.9, 1.1])
     assert spec.iterations == 7 and spec.learn == "all" and not spec.normalize_sobel
     assert set(spec.changed) == {"tau", "lam", "div_x"}
-    assert spec.pixel_equivalent()["tau"] == pytest.approx(1.6)
+    assert spec.pixel_equivalent() == pytest.approx({"tau": 0.2, "lam": 4.0, "theta": 2.4})
     assert checkpoint_layer(path, iterations=3).iterations == 3
     built = spec.build()
     assert float(built.tau) == pytest.approx(0.2) and built.iterations == 7

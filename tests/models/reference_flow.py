@@ -15,7 +15,10 @@ Conventions (the same as the fast layer's, stated by its docstring):
   w0 * p[j-1] + w1 * p[j]; with the initial [-1, 1] this is exactly Eq. 6's backward
   difference p[j] - p[j-1].
 - Eq. 5 is applied to each flow component d in {x, y} with its own dual field
-  p_d = (p_d1, p_d2) and grad u_d = (Sobel_x * u_d, Sobel_y * u_d) (Zach et al. 2007's TV-L1).
+  p_d = (p_d1, p_d2) (Zach et al. 2007's TV-L1). grad u_d is, by default, the forward
+  difference g0 * u[j] + g1 * u[j + 1] (initially [-1, 1], the authors' code), set to 0 on
+  the last column (row) (Neumann border), always in pixels; with ``grad_u="sobel"`` it is
+  Eq. 10 as printed, (Sobel_x * u_d, Sobel_y * u_d), scaled like Eq. 8.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ def divergence(px: Tensor, py: Tensor, wx: Tensor, wy: Tensor) -> Tensor:
     return wx[0] * px_left + wx[1] * px + wy[0] * py_up + wy[1] * py
 
 
+def forward_difference(img: Tensor, taps: Tensor, dim: int) -> Tensor:
+    """g0 * F[k] + g1 * F[k + 1] along ``dim`` (-1: x, -2: y), 0 at the last index."""
+    n = img.shape[dim]
+    here = img.narrow(dim, 0, n - 1)
+    after = img.narrow(dim, 1, n - 1)
+    last = torch.zeros_like(img.narrow(dim, 0, 1))
+    return torch.cat([taps[0] * here + taps[1] * after, last], dim=dim)
+
+
 def reference_flow(
     f1: Tensor,
     f2: Tensor,
@@ -57,13 +69,22 @@ def reference_flow(
     tau: Tensor,
     lam: Tensor,
     theta: Tensor,
+    grad_x: Tensor | None = None,
+    grad_y: Tensor | None = None,
     sobel_scale: float = 1.0,
     eps: float = 1e-12,
 ) -> Tensor:
     """Algorithm 1 for every channel of (B, C, H, W) inputs -> (B, 2C, H, W) = [u_x, u_y]
     per channel. ``div_x``/``div_y`` hold the two taps [w0, w1]; ``sobel_scale`` multiplies
-    the printed Sobel kernels (1/8 gives flow in pixels)."""
+    the printed Sobel kernels (1/8 gives flow in pixels); ``grad_x``/``grad_y``: the taps
+    of grad u's forward difference, or None for grad u by Eq. 10's Sobel kernels."""
     kx, ky = sobel_x * sobel_scale, sobel_y * sobel_scale
+
+    def grad_u(u: Tensor) -> tuple[Tensor, Tensor]:
+        if grad_x is None or grad_y is None:
+            return true_conv3x3(u, kx), true_conv3x3(u, ky)  # Eq. 10
+        return forward_difference(u, grad_x, -1), forward_difference(u, grad_y, -2)
+
     flows = []
     for c in range(f1.shape[1]):  # Algorithm 1 is defined for one channel
         F1 = f1[:, c]
@@ -99,9 +120,9 @@ def reference_flow(
             # Eq. 4 with Eq. 9
             ux = vx + theta * divergence(p11, p12, div_x, div_y)
             uy = vy + theta * divergence(p21, p22, div_x, div_y)
-            # Eq. 10 and Eq. 5
-            ux_x, ux_y = true_conv3x3(ux, kx), true_conv3x3(ux, ky)
-            uy_x, uy_y = true_conv3x3(uy, kx), true_conv3x3(uy, ky)
+            # grad u (forward difference, or Eq. 10) and Eq. 5
+            ux_x, ux_y = grad_u(ux)
+            uy_x, uy_y = grad_u(uy)
             norm_x = torch.sqrt(ux_x**2 + ux_y**2 + eps)
             norm_y = torch.sqrt(uy_x**2 + uy_y**2 + eps)
             step = tau / theta
@@ -115,7 +136,8 @@ def reference_flow(
 
 def reference_flow_of(layer: RepresentationFlow, f1: Tensor, f2: Tensor) -> Tensor:
     """``reference_flow`` with every setting and parameter taken from ``layer`` (its
-    iterations, Sobel/divergence kernels, tau, lambda, theta and Sobel normalisation)."""
+    iterations, Sobel/divergence/grad u kernels, tau, lambda, theta, Sobel normalisation)."""
+    forward = layer.grad_u == "forward"
     return reference_flow(
         f1,
         f2,
@@ -127,5 +149,7 @@ def reference_flow_of(layer: RepresentationFlow, f1: Tensor, f2: Tensor) -> Tens
         tau=layer.tau,
         lam=layer.lam,
         theta=layer.theta,
+        grad_x=layer.grad_x if forward else None,
+        grad_y=layer.grad_y if forward else None,
         sobel_scale=1 / 8 if layer.normalize_sobel else 1.0,
     )

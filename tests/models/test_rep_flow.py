@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from tests.models.reference_flow import reference_flow_of
+from vidact.errors import VidactError
 from vidact.models import build_model
+from vidact.models import rep_flow as rf
 from vidact.models.rep_flow import (
     LAMBDA,
     THETA,
@@ -41,17 +44,26 @@ def test_inputs_hit_all_three_cases_of_eq3() -> None:
 
 
 @pytest.mark.parametrize(
-    ("learn", "normalize", "iterations"),
-    [("all", False, 6), ("all", True, 4), (("divergence", "tvl1"), False, 6), ("none", True, 5)],
+    ("learn", "normalize", "iterations", "grad_u"),
+    [
+        ("all", False, 6, "forward"),
+        ("all", True, 4, "forward"),
+        (("divergence", "tvl1"), True, 6, "forward"),
+        ("none", True, 5, "forward"),
+        ("all", True, 4, "sobel"),
+        (("divergence", "tvl1"), False, 6, "sobel"),
+        ("none", True, 5, "sobel"),
+    ],
 )
 def test_fast_layer_matches_literal_algorithm(
-    learn: str | tuple[str, ...], normalize: bool, iterations: int
+    learn: str | tuple[str, ...], normalize: bool, iterations: int, grad_u: str
 ) -> None:
     """Forward and gradients wrt F1, F2 and every learnable parameter, 1e-4 relative."""
     f1, f2 = (t.requires_grad_() for t in _pair())
     torch.manual_seed(1)
-    layer = RepresentationFlow(iterations=iterations, learn=learn, normalize_sobel=normalize)
-    layer = layer.double()
+    layer = RepresentationFlow(
+        iterations=iterations, learn=learn, normalize_sobel=normalize, grad_u=grad_u
+    ).double()
     with torch.no_grad():  # move off the printed values so that nothing is special-cased
         for p in layer.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -61,7 +73,8 @@ def test_fast_layer_matches_literal_algorithm(
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-6)
     weights = torch.randn_like(out)
     inputs = [f1, f2, *layer.parameters()]
-    assert len(inputs) == 2 + {"all": 7, "none": 0}.get(str(learn), 5)
+    taps = 2 if grad_u == "forward" else 0  # grad_x, grad_y join the divergence group
+    assert len(inputs) == 2 + {"all": 7 + taps, "none": 0}.get(str(learn), 5 + taps)
     got = torch.autograd.grad((out * weights).sum(), inputs)
     want = torch.autograd.grad((ref * weights).sum(), inputs)
     for g, w in zip(got, want, strict=True):
@@ -69,22 +82,39 @@ def test_fast_layer_matches_literal_algorithm(
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6 * w.abs().max().item())
 
 
-@pytest.mark.parametrize("learn", ["all", "default"])
-def test_float32_backward_paths_agree_withreference_flow_of(learn: str) -> None:
-    """float32: the hand-written backward (printed Sobel), checkpointed autograd and plain
-    autograd all match the literal reference within 1e-4 (relative to the norm)."""
+@pytest.mark.parametrize(
+    ("learn", "grad_u", "normalize"),
+    [("all", "forward", True), ("default", "forward", False), ("default", "sobel", True)],
+)
+def test_float32_backward_paths_agree_with_reference(
+    learn: str, grad_u: str, normalize: bool
+) -> None:
+    """float32: the hand-written backward, checkpointed autograd and plain autograd all
+    match the literal reference run in float64 within 1e-4 (relative to the norm). The
+    networks' default (learned divergence and grad u taps) takes the hand-written backward.
+    theta's gradient is a sum of terms that nearly cancel: in float32 even the literal
+    reference is 3e-4 off its float64 value, so it gets 1e-3."""
     f1, f2 = (t.float().requires_grad_() for t in _pair())
     kwargs = {"learn": learn} if learn != "default" else {}
-    layer = RepresentationFlow(iterations=5, **kwargs)  # type: ignore[arg-type]
-    ref = reference_flow_of(layer, f1, f2)
-    g_ref = torch.autograd.grad(ref.square().sum(), [f1, *layer.parameters()])
+    layer = RepresentationFlow(
+        iterations=5,
+        grad_u=grad_u,
+        normalize_sobel=normalize,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    exact = copy.deepcopy(layer).double()
+    a1 = f1.detach().double().requires_grad_()
+    ref = reference_flow_of(exact, a1, f2.detach().double())
+    g_ref = torch.autograd.grad(ref.square().sum(), [a1, *exact.parameters()])
+    names = ["f1", *(n for n, _ in layer.named_parameters())]
     for custom, checkpoint in ((True, True), (False, True), (False, False)):
         layer.custom_backward, layer.checkpoint = custom, checkpoint
         out = layer(f1, f2)
         assert ((out - ref).norm() / ref.norm()).item() < 1e-4
         g = torch.autograd.grad(out.square().sum(), [f1, *layer.parameters()])
-        for a, b in zip(g, g_ref, strict=True):
-            assert ((a - b).norm() / b.norm()).item() < 1e-4
+        for name, a, b in zip(names, g, g_ref, strict=True):
+            tol = 1e-3 if name == "theta" else 1e-4
+            assert ((a - b).norm() / b.norm()).item() < tol, (name, custom, checkpoint)
 
 
 def _pattern(dx: float, dy: float, n: int = 40) -> torch.Tensor:
@@ -101,8 +131,7 @@ def _pattern(dx: float, dy: float, n: int = 40) -> torch.Tensor:
 @pytest.mark.parametrize("normalize", [False, True])
 def test_sign_convention_right_and_down_are_positive(normalize: bool) -> None:
     """Content moving right gives u_x > 0, moving down u_y > 0. The printed (unnormalised)
-    Sobel gives the flow in 1/8 px: the mean of a 0.5 px shift is ~0.5 / 8. (Pointwise the
-    unnormalised flow is noisy with the classic tau: its TV step is 8x too large.)"""
+    Sobel gives the flow in 1/8 px: the mean of a 0.5 px shift is ~0.5 / 8."""
     layer = RepresentationFlow(iterations=20, learn="none", normalize_sobel=normalize)
     gain = 1.0 if normalize else 8.0
     still = _pattern(0, 0)[None, None]
@@ -123,6 +152,85 @@ def test_subpixel_translation_in_pixels(dx: float, dy: float) -> None:
     inner = flow[:, 6:-6, 6:-6].mean((1, 2))
     assert abs(inner[0].item() - dx) <= 0.1
     assert abs(inner[1].item() - dy) <= 0.1
+
+
+def _epe(iterations: int, **kwargs: object) -> float:
+    """Mean end-point error in pixels over the interior, smooth texture shifted (0.5, 0)."""
+    layer = RepresentationFlow(iterations=iterations, learn="none", **kwargs)  # type: ignore[arg-type]
+    gain = 1.0 if layer.normalize_sobel else 8.0
+    with torch.no_grad():
+        flow = layer(_pattern(0, 0)[None, None], _pattern(0.5, 0)[None, None])[0] * gain
+    inner = flow[:, 6:-6, 6:-6]
+    return ((inner[0] - 0.5) ** 2 + inner[1] ** 2).sqrt().mean().item()
+
+
+def _high_frequency_share(flow: torch.Tensor) -> float:
+    """Share of the spatial variance of each (H, W) map above 1/4 cycle per pixel in x or y
+    (where checkerboard and stripe noise lives; a smooth field has next to none)."""
+    power = torch.fft.fft2(flow - flow.mean((-2, -1), keepdim=True)).abs() ** 2
+    fy = torch.fft.fftfreq(flow.shape[-2]).abs()[:, None]
+    fx = torch.fft.fftfreq(flow.shape[-1]).abs()[None, :]
+    return (power[..., (fy > 0.25) | (fx > 0.25)].sum() / power.sum()).item()
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_grad_u_is_the_negative_adjoint_of_the_divergence_at_init(normalize: bool) -> None:
+    """<grad u, p> = -<u, div p> (float64, 1e-10) on random u and random dual fields p in
+    the space grad u maps to (p_x = 0 on the last column, p_y on the last row): the pairing
+    that makes Eq. 5's step a TV smoothing. The printed Sobel of Eq. 10 is not adjoint."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 1, 9, 11, generator=g, dtype=torch.float64)
+    p = torch.randn(3, 2, 9, 11, generator=g, dtype=torch.float64)
+    p[:, 0, :, -1] = 0
+    p[:, 1, -1, :] = 0
+    layer = RepresentationFlow(normalize_sobel=normalize).double()
+    t = layer._terms(u, u)
+    grad = rf._grad_u(u, t)[:, 0]
+    div = rf._divergence(p[:, :1], p[:, 1:], t.wx, t.wy)
+    assert abs((grad * p).sum().item() + (u * div).sum().item()) < 1e-10
+    sobel = RepresentationFlow(normalize_sobel=normalize, grad_u="sobel").double()
+    grad = rf._grad_u(u, sobel._terms(u, u))[:, 0]
+    assert abs((grad * p).sum().item() + (u * div).sum().item()) > 1.0
+
+
+def test_flow_converges_in_pixels_with_iterations() -> None:
+    """The default layer (fixed classic parameters, flow in pixels) on a smooth texture
+    shifted by 0.5 px: EPE <= 0.15 px at 20 iterations and not growing 10 -> 20 -> 100
+    (5% slack). Measured: 0.102, 0.066, 0.065 px."""
+    e10, e20, e100 = (_epe(n) for n in (10, 20, 100))
+    assert e20 <= 0.15
+    assert e20 <= 1.05 * e10 and e100 <= 1.05 * e20
+
+
+def test_printed_sobel_units_converge_too() -> None:
+    """normalize_sobel=False (flow in 1/8 px, x8 = pixels): still converges with the
+    forward-difference grad u. Measured: 0.140, 0.077, 0.067 px."""
+    e10, e20, e100 = (_epe(n, normalize_sobel=False) for n in (10, 20, 100))
+    assert e20 <= 0.15
+    assert e20 <= 1.05 * e10 and e100 <= 1.05 * e20
+
+
+def test_paper_literal_sobel_grad_u_diverges() -> None:
+    """grad_u="sobel" (Eq. 10 as printed) is kept as an option and documented as
+    unstable: its error grows with iterations (measured 0.25 px at 10, 0.75 at 20, 1.48
+    at 100 normalised; 3.7, 5.3, 5.2 px printed)."""
+    e10, e20, e100 = (_epe(n, grad_u="sobel") for n in (10, 20, 100))
+    assert e10 < e20 < e100 and e100 > 1.0
+
+
+@pytest.mark.parametrize(("grad_u", "most"), [("forward", 0.2), ("sobel", 1.0)])
+def test_flow_high_frequency_share_stays_small(grad_u: str, most: float) -> None:
+    """Of the flow's spatial variance, the share above 1/4 cycle/px (checkerboard, stripes)
+    is small for the default (measured 0.10-0.11 at 10-100 iterations) and large for the
+    paper-literal Sobel grad u (measured 0.67-0.87), which Sobel cannot see to smooth."""
+    for iterations in (10, 20, 100):
+        layer = RepresentationFlow(iterations=iterations, learn="none", grad_u=grad_u)
+        with torch.no_grad():
+            flow = layer(_pattern(0, 0)[None, None], _pattern(0.5, 0)[None, None])[0]
+        share = _high_frequency_share(flow[:, 6:-6, 6:-6])
+        assert share <= most
+        if grad_u == "sobel" and iterations >= 20:
+            assert share > 0.5
 
 
 def test_channels_are_independent_and_flat_input_is_safe() -> None:
@@ -146,14 +254,26 @@ def test_learn_groups_and_flow_parameters() -> None:
     assert sorted(n for n, _ in default.named_parameters()) == [
         "div_x",
         "div_y",
+        "grad_x",
+        "grad_y",
         "lam",
         "tau",
         "theta",
     ]
+    sobel = RepresentationFlow(grad_u="sobel")
+    assert sorted(n for n, _ in sobel.named_parameters()) == [
+        "div_x",
+        "div_y",
+        "lam",
+        "tau",
+        "theta",
+    ]
+    with pytest.raises(VidactError, match="grad_u"):
+        RepresentationFlow(grad_u="central")
     assert not RepresentationFlow(learn="none").sobel_x.requires_grad
-    assert len(list(RepresentationFlow(learn="all").parameters())) == 7
+    assert len(list(RepresentationFlow(learn="all").parameters())) == 9
     model = build_model("repflow_fcf_resnet18", num_classes=3)
-    assert len(list(flow_parameters(model))) == 2 * 5
+    assert len(list(flow_parameters(model))) == 2 * 7
     assert list(flow_parameters(build_model("tsn_resnet18", num_classes=3))) == []
 
 

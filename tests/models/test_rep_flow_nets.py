@@ -56,7 +56,7 @@ def test_gradients_reach_every_flow_parameter_in_a_network() -> None:
     loss = torch.nn.functional.cross_entropy(model(_clip()), torch.tensor([0, 2]))
     loss.backward()
     params = list(flow_parameters(model))
-    assert len(params) == 2 * 7
+    assert len(params) == 2 * 9
     for p in params:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
@@ -87,14 +87,14 @@ def test_parameter_counts() -> None:
     with torch.device("meta"):
         counts = {n: count_parameters(build_model(n, num_classes=400)) for n in names}
     assert counts == {
-        "repflow_resnet18": 11_459_831,
-        "repflow_resnet34": 21_567_991,
-        "repflow_resnet50": 24_639_991,
-        "repflow_fcf_resnet34": 21_646_110,
-        "repflow_fcf_resnet50": 24_952_350,
-        "repflow_r2plus1d_18": 15_650_039,
-        "repflow_fcf_r2plus1d_18": 15_728_158,
-        "repflow_r3d_18": 33_449_591,
+        "repflow_resnet18": 11_459_835,
+        "repflow_resnet34": 21_567_995,
+        "repflow_resnet50": 24_639_995,
+        "repflow_fcf_resnet34": 21_646_118,
+        "repflow_fcf_resnet50": 24_952_358,
+        "repflow_r2plus1d_18": 15_650_043,
+        "repflow_fcf_r2plus1d_18": 15_728_166,
+        "repflow_r3d_18": 33_449_595,
         "two_stream_resnet34": 43_033_056,
     }
     ratio = counts["repflow_resnet34"] / counts["two_stream_resnet34"]

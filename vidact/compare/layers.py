@@ -50,9 +50,11 @@ class FlowLayerSpec:
 
     def pixel_equivalent(self) -> dict[str, float]:
         """tau, lambda, theta of the normalised-Sobel (pixel-unit) layer that computes the
-        same flow: each multiplied by the kernel gain (1 when already normalised)."""
+        same flow: lambda and theta times the Sobel gain (1 when already normalised), tau
+        as is (grad u is the forward difference in pixels with either Sobel)."""
         g = self.gain
-        return {k: float(self.values[k]) * g for k in ("tau", "lam", "theta")}
+        v = self.values
+        return {"tau": float(v["tau"]), "lam": float(v["lam"]) * g, "theta": float(v["theta"]) * g}
 
     def build(self, device: torch.device | str = "cpu") -> RepresentationFlow:
         v = self.values

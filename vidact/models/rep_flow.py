@@ -13,36 +13,50 @@ Conventions (tested):
 
 - x grows with the width index (right), y with the height index (down); the flow u of a
   pair satisfies F1(p) ~ F2(p + u): content moving right gives u_x > 0, moving down u_y > 0.
-- The paper writes Eq. 8 / Eq. 10 as true convolutions (*). torch's conv2d is
-  cross-correlation, so the printed Sobel kernels (stored as printed in the parameters) are
-  flipped before use; they then give +d/dx, +d/dy. The divergence kernels of Eq. 9 are
-  stored as printed and applied to p zero-padded on its first column (row) as
-  w0 * p[j-1] + w1 * p[j], which with the initial [-1, 1] is Eq. 6's backward difference.
-  grad u and div p must be (minus) adjoint to each other; with any other pairing the
-  "smoothing" step anti-smooths and the layer stops computing flow.
-- Sobel borders replicate the edge (a constant map has zero gradient, also at the border).
+- grad F2 (Eq. 8): the printed Sobel kernels as true convolutions (*). torch's conv2d is
+  cross-correlation, so the kernels (stored as printed) are flipped before use; they then
+  give +d/dx, +d/dy. Borders replicate the edge (a constant map has zero gradient).
+- div p (Eq. 9): the kernels stored as printed, applied to p zero-padded on its first
+  column (row) as w0 * p[j-1] + w1 * p[j], Eq. 6's backward difference for [-1, 1].
+- grad u (Eq. 5), default ``grad_u="forward"``: the forward difference fx[0] u[j] +
+  fx[1] u[j + 1] (and the same along y), 0 on the last column (row), a Neumann border, with
+  its own taps, initially [-1, 1] and learned with the divergence. At initialisation it is
+  exactly the negative adjoint of div on the dual fields it produces (p_x = 0 on the last
+  column, p_y on the last row), so Eq. 5 is the TV-L1 dual step (Chambolle 2004; Zach et
+  al. 2007) and the iterations converge. Learning moves the two pairs independently: the
+  adjoint pairing then holds only while w = -(fx[1], fx[0]), and the smoothing step becomes
+  a learned one. This is what the authors' code does. ``grad_u="sobel"`` is Eq. 10 as
+  printed: Sobel is not adjoint to Eq. 9 (<grad u, p> + <u, div p> is far from 0) and blind
+  to checkerboard and stripe patterns, so they are never smoothed and the flow degrades
+  with iterations (0.5 px shift: EPE 0.25 px at 10, 0.75 at 20, 1.48 at 100 iterations,
+  against 0.10, 0.066, 0.065 for the default); kept to reproduce the paper as printed.
 - Eq. 5 is applied per flow component d in {x, y}, each with its own dual field p_d in R^2
-  and grad u_d = (Sobel_x * u_d, Sobel_y * u_d): the TV-L1 of Zach et al. 2007 that the
-  paper unrolls. |grad u_d| is sqrt(. + ``NORM_EPS``) so that its gradient exists at 0.
-- Units: the printed Sobel sums to 8 times the gradient, so the flow comes out 1/8 of the
-  displacement in pixels. ``normalize_sobel=True`` divides the kernels by 8 and gives
-  pixels (compare-tvl1 uses it). The networks use the paper's unnormalised kernels.
+  (the TV-L1 the paper unrolls). |grad u_d| is sqrt(. + ``NORM_EPS``) so that its
+  gradient exists at 0.
+- Units, default ``normalize_sobel=True``: the printed Sobel (which answers a unit ramp
+  with 8) divided by 8, the forward difference as is: flow in pixels, the units in which
+  the classic tau, lambda, theta are defined (TV-L1 on [0, 255] images, section 3.2), so
+  they keep their meaning (Chambolle's proof covers tau <= 1/8 for this gradient pair,
+  and 1/4, OpenCV's default, converges in practice). ``normalize_sobel=False`` keeps the
+  printed Sobel: the flow is 1/8 of the displacement in pixels, which is the pixel layer
+  with lambda and theta 8x (tau unchanged).
 - Eq. 3's third case divides by |grad F2|^2 (Algorithm 1's "|F2|^2" is a typo); where it
   is 0 the update is v = u (the limit of the first two cases), computed without a NaN.
 
 Speed: the three cases of Eq. 3 are one clamp, v = u - grad F2 * clamp(rho / |grad F2|^2,
 -lambda*theta, lambda*theta); all B*C channels and both flow components go through the same
 elementwise/shifted-view operations (no Python work per channel; CPU depthwise conv2d is far
-slower here). In training, the printed (fixed) Sobel kernels take ``_Iterations``: the
-forward keeps only the state (u, p) entering each iteration and a hand-written backward
-recomputes each iteration and applies its exact adjoint. Learned Sobel kernels take
-autograd with ``torch.utils.checkpoint`` per iteration (also exact, same memory bound).
-The core runs in float32 (float64 for float64 input) with autocast disabled.
+slower here). In training, ``_Iterations`` keeps only the state (u, p) entering each
+iteration and a hand-written backward recomputes each iteration and applies its exact
+adjoint (every setting but learned Sobel kernels in Eq. 10, which take autograd with
+``torch.utils.checkpoint`` per iteration, also exact, same memory bound). The core runs in
+float32 (float64 for float64 input) with autocast disabled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +71,13 @@ SOBEL_Y = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))  # Eq. 8 / 10, 
 SOBEL_GAIN = 8.0  # response of the printed Sobel to a unit ramp; /8 gives flow in pixels
 DIV_X = (-1.0, 1.0)  # Eq. 9, initial w_x
 DIV_Y = (-1.0, 1.0)  # Eq. 9, initial w_y (a column: top, bottom)
+GRAD_X = (-1.0, 1.0)  # grad u along x: taps on u[j], u[j + 1] (the released code's f_grad)
+GRAD_Y = (-1.0, 1.0)  # grad u along y: taps on u[i], u[i + 1]; both -adjoint of DIV_X/DIV_Y
+GRAD_U = ("forward", "sobel")  # grad u of Eq. 5: forward difference (default) or Eq. 10
 # Initial tau, lambda, theta: the classic TV-L1 values (Zach, Pock & Bischof, DAGM 2007;
 # Sanchez, Meinhardt-Llopis & Facciolo, "TV-L1 Optical Flow Estimation", IPOL 2013; the
-# defaults of OpenCV's DualTVL1OpticalFlow), tuned for images in [0, 255] (section 3.2).
+# defaults of OpenCV's DualTVL1OpticalFlow), tuned for images in [0, 255] (section 3.2)
+# and flow in pixels, the units of this layer by default.
 TAU = 0.25  # time step
 LAMBDA = 0.15  # data-term weight
 THETA = 0.3  # coupling between u and v
@@ -118,51 +136,6 @@ def _gradient(x: Tensor, kx: Tensor | None, ky: Tensor | None) -> Tensor:
     return torch.stack([gx, gy], dim=-3)
 
 
-def _divergence(px: Tensor, py: Tensor, wx: Tensor, wy: Tensor) -> Tensor:
-    """Eq. 9 on p zero-padded on its first column / row: w0 * p[j-1] + w1 * p[j] along x,
-    the same along y (Eq. 6 for w = [-1, 1])."""
-    div = torch.addcmul(px * wx[1], py, wy[1])
-    div[..., :, 1:] += px[..., :, :-1] * wx[0]
-    div[..., 1:, :] += py[..., :-1, :] * wy[0]
-    return div
-
-
-def _step(
-    u: Tensor,
-    p: Tensor,
-    rho_c: Tensor,
-    grad_f2: Tensor,
-    inv_sq: Tensor,
-    kx: Tensor | None,
-    ky: Tensor | None,
-    scale: float,
-    wx: Tensor,
-    wy: Tensor,
-    lam_theta: Tensor,
-    theta: Tensor,
-    tau_theta: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """One iteration of Algorithm 1 for all maps at once.
-
-    u: (M, 2, H, W) flow (x, y); p: (M, 2, 2, H, W) dual fields, p[:, d, e] for flow
-    component d and direction e; grad_f2: (M, 2, H, W); inv_sq: 1 / |grad F2|^2 (1 where it
-    is 0), rho_c: (M, 1, H, W).
-    """
-    rho = torch.addcmul(rho_c, grad_f2[:, :1], u[:, :1])  # Eq. 2
-    rho = torch.addcmul(rho, grad_f2[:, 1:], u[:, 1:])
-    shrink = torch.clamp(rho * inv_sq, -lam_theta, lam_theta)  # Eq. 3, the three cases
-    v = torch.addcmul(u, grad_f2, shrink, value=-1)
-    u = torch.addcmul(v, _divergence(p[:, :, 0], p[:, :, 1], wx, wy), theta)  # Eq. 4
-    grad_u = _gradient(u, kx, ky)  # Eq. 10, (M, 2, 2, H, W)
-    if scale != 1.0:
-        grad_u = grad_u * scale
-    norm = torch.sqrt(
-        torch.addcmul(grad_u[:, :, :1] ** 2, grad_u[:, :, 1:], grad_u[:, :, 1:]) + NORM_EPS
-    )
-    p = torch.addcmul(p, grad_u, tau_theta) / torch.addcmul(torch.ones_like(norm), norm, tau_theta)
-    return u, p  # Eq. 5 above
-
-
 def _gradient_adjoint(grad: Tensor, like: Tensor) -> Tensor:
     """Adjoint of ``_gradient`` with the printed Sobel kernels: (..., 2, H, W) -> (..., H, W)."""
     gx, gy = grad.unbind(-3)
@@ -176,104 +149,215 @@ def _gradient_adjoint(grad: Tensor, like: Tensor) -> Tensor:
     return torch.ops.aten.replication_pad2d_backward(padded, like, [1, 1, 1, 1])
 
 
+def _forward_difference(u: Tensor, fx: Tensor, fy: Tensor) -> Tensor:
+    """grad u by forward differences with a Neumann border -> (..., 2, H, W):
+    fx[0] u[i, j] + fx[1] u[i, j + 1] along x, 0 on the last column; the same along y,
+    0 on the last row. For fx = fy = [-1, 1] it is the negative adjoint of ``_divergence``
+    on the dual fields it produces (p_x = 0 on the last column, p_y on the last row)."""
+    out = u.new_zeros(*u.shape[:-2], 2, *u.shape[-2:])
+    out[..., 0, :, :-1] = torch.addcmul(u[..., :, :-1] * fx[0], u[..., :, 1:], fx[1])
+    out[..., 1, :-1, :] = torch.addcmul(u[..., :-1, :] * fy[0], u[..., 1:, :], fy[1])
+    return out
+
+
+def _forward_difference_adjoint(grad: Tensor, fx: Tensor, fy: Tensor) -> Tensor:
+    """Adjoint of ``_forward_difference`` in u: (..., 2, H, W) -> (..., H, W)."""
+    gx, gy = grad[..., 0, :, :-1], grad[..., 1, :-1, :]
+    out = grad.new_zeros(*grad.shape[:-3], *grad.shape[-2:])
+    out[..., :, :-1] += gx * fx[0]
+    out[..., :, 1:] += gx * fx[1]
+    out[..., :-1, :] += gy * fy[0]
+    out[..., 1:, :] += gy * fy[1]
+    return out
+
+
+def _divergence(px: Tensor, py: Tensor, wx: Tensor, wy: Tensor) -> Tensor:
+    """Eq. 9 on p zero-padded on its first column / row: w0 * p[j-1] + w1 * p[j] along x,
+    the same along y (Eq. 6 for w = [-1, 1])."""
+    div = torch.addcmul(px * wx[1], py, wy[1])
+    div[..., :, 1:] += px[..., :, :-1] * wx[0]
+    div[..., 1:, :] += py[..., :-1, :] * wy[0]
+    return div
+
+
+class _Terms(NamedTuple):
+    """What every iteration of Algorithm 1 reads (the same for all iterations).
+
+    rho_c: (M, 1, H, W); grad_f2: (M, 2, H, W) (Eq. 8); inv_sq: 1 / |grad F2|^2 (1 where
+    it is 0); lam_theta, theta, tau_theta: scalars; wx, wy: Eq. 9's taps; grad u of Eq. 5
+    is ``gain`` x the forward difference with taps fx, fy, or (fx None) the Sobel kernels
+    kx, ky (None: the printed ones)."""
+
+    rho_c: Tensor
+    grad_f2: Tensor
+    inv_sq: Tensor
+    lam_theta: Tensor
+    theta: Tensor
+    tau_theta: Tensor
+    wx: Tensor
+    wy: Tensor
+    fx: Tensor | None
+    fy: Tensor | None
+    kx: Tensor | None
+    ky: Tensor | None
+    gain: float
+
+
+def _grad_u(u: Tensor, t: _Terms) -> Tensor:
+    """grad u for Eq. 5, (M, 2, H, W) -> (M, 2, 2, H, W) (flow component, direction)."""
+    if t.fx is not None and t.fy is not None:
+        g = _forward_difference(u, t.fx, t.fy)
+    else:
+        g = _gradient(u, t.kx, t.ky)  # Eq. 10 as printed
+    return g * t.gain if t.gain != 1.0 else g
+
+
+def _shrink(u: Tensor, t: _Terms) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 2 and Eq. 3 -> (rho, rho / |grad F2|^2, the clamped step): the three cases of
+    Eq. 3 are v = u - grad F2 * clamp(rho / |grad F2|^2, -lambda theta, lambda theta)."""
+    g = t.grad_f2
+    rho = torch.addcmul(t.rho_c, g[:, :1], u[:, :1]).addcmul_(g[:, 1:], u[:, 1:])
+    r = rho * t.inv_sq
+    return rho, r, torch.clamp(r, -t.lam_theta, t.lam_theta)
+
+
+def _dual_norm(grad_u: Tensor) -> Tensor:
+    """|grad u_d| per flow component, sqrt(. + NORM_EPS) (Eq. 5), (M, 2, 1, H, W)."""
+    return torch.sqrt(
+        torch.addcmul(grad_u[:, :, :1] ** 2, grad_u[:, :, 1:], grad_u[:, :, 1:]) + NORM_EPS
+    )
+
+
+def _step(u: Tensor, p: Tensor, t: _Terms) -> tuple[Tensor, Tensor]:
+    """One iteration of Algorithm 1 for all maps at once: u (M, 2, H, W) flow (x, y),
+    p (M, 2, 2, H, W) dual fields, p[:, d, e] for flow component d and direction e."""
+    _, _, shrink = _shrink(u, t)  # Eq. 2, Eq. 3
+    v = torch.addcmul(u, t.grad_f2, shrink, value=-1)
+    u = torch.addcmul(v, _divergence(p[:, :, 0], p[:, :, 1], t.wx, t.wy), t.theta)  # Eq. 4
+    grad_u = _grad_u(u, t)
+    norm = _dual_norm(grad_u)
+    p = torch.addcmul(p, grad_u, t.tau_theta) / torch.addcmul(
+        torch.ones_like(norm), norm, t.tau_theta
+    )
+    return u, p  # Eq. 5 above
+
+
+def _step_backward(
+    t: _Terms, u: Tensor, p: Tensor, du: Tensor, dp: Tensor, acc: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """The exact adjoint of ``_step`` at state (u, p): the gradients (du, dp) of the state
+    leaving it -> those of the state entering it; parameter gradients are added to ``acc``.
+    Tie-breaking at the clamp bounds follows torch.clamp (bounds inclusive)."""
+    g, a, theta, lt = t.grad_f2, t.tau_theta, t.theta, t.lam_theta
+    rho, r, shrink = _shrink(u, t)  # recompute the iteration (see _step)
+    px, py = p[:, :, 0], p[:, :, 1]
+    div = _divergence(px, py, t.wx, t.wy)
+    u_new = torch.addcmul(u, g, shrink, value=-1).addcmul_(div, theta)
+    grad_u = _grad_u(u_new, t)
+    nrm = _dual_norm(grad_u)
+    den = torch.addcmul(torch.ones_like(nrm), nrm, a)
+    p_new = torch.addcmul(p, grad_u, a) / den
+    # Eq. 5: p' = (p + a G) / (1 + a |G|), G = gain * grad u
+    d_num = dp / den
+    d_den = -(dp * p_new).sum(2, keepdim=True) / den
+    acc["tau_theta"] += (d_num * grad_u).sum() + (d_den * nrm).sum()
+    d_grad = torch.addcmul(d_num * a, grad_u, d_den * a / nrm)
+    if t.gain != 1.0:
+        d_grad *= t.gain
+    if t.fx is not None and t.fy is not None:
+        d_u_new = du + _forward_difference_adjoint(d_grad, t.fx, t.fy)
+        _add_tap_grads(acc, d_grad, u_new)
+    else:
+        d_u_new = du + _gradient_adjoint(d_grad, u_new)
+    # Eq. 4 and Eq. 9
+    acc["theta"] += (d_u_new * div).sum()
+    dp = _divergence_backward(d_u_new * theta, px, py, t, d_num, acc)
+    # Eq. 3: v = u - g * clamp(rho / |g|^2, -lt, lt)
+    d_shrink = -(d_u_new * g).sum(1, keepdim=True)
+    acc["grad_f2"] -= d_u_new * shrink
+    d_r = torch.where((r >= -lt) & (r <= lt), d_shrink, torch.zeros_like(d_shrink))
+    acc["lam_theta"] += (d_shrink * ((r > lt).to(r.dtype) - (r < -lt).to(r.dtype))).sum()
+    # Eq. 2
+    d_rho = d_r * t.inv_sq
+    acc["inv_sq"] += d_r * rho
+    acc["rho_c"] += d_rho
+    acc["grad_f2"] += d_rho * u
+    return torch.addcmul(d_u_new, d_rho, g), dp
+
+
+def _add_tap_grads(acc: dict[str, Tensor], d_grad: Tensor, u: Tensor) -> None:
+    """Gradients of the forward-difference taps fx, fy given that of its output."""
+    gx, gy = d_grad[:, :, 0, :, :-1], d_grad[:, :, 1, :-1, :]
+    acc["fx"][0] += (gx * u[..., :, :-1]).sum()
+    acc["fx"][1] += (gx * u[..., :, 1:]).sum()
+    acc["fy"][0] += (gy * u[..., :-1, :]).sum()
+    acc["fy"][1] += (gy * u[..., 1:, :]).sum()
+
+
+def _divergence_backward(
+    d_div: Tensor, px: Tensor, py: Tensor, t: _Terms, dp: Tensor, acc: dict[str, Tensor]
+) -> Tensor:
+    """Adds the adjoint of ``_divergence`` (in p) to dp, and its taps' gradients to acc."""
+    acc["wx"][1] += (d_div * px).sum()
+    acc["wx"][0] += (d_div[..., :, 1:] * px[..., :, :-1]).sum()
+    acc["wy"][1] += (d_div * py).sum()
+    acc["wy"][0] += (d_div[..., 1:, :] * py[..., :-1, :]).sum()
+    dp[:, :, 0] += d_div * t.wx[1]
+    dp[:, :, 0, :, :-1] += d_div[..., :, 1:] * t.wx[0]
+    dp[:, :, 1] += d_div * t.wy[1]
+    dp[:, :, 1, :-1, :] += d_div[..., 1:, :] * t.wy[0]
+    return dp
+
+
+_DIFFERENTIABLE = ("rho_c", "grad_f2", "inv_sq", "lam_theta", "theta", "tau_theta", "wx", "wy")
+
+
 class _Iterations(torch.autograd.Function):
-    """All iterations of Algorithm 1 (printed Sobel kernels) with a hand-written backward.
+    """All iterations of Algorithm 1 with a hand-written backward, for any grad u except
+    learned Sobel kernels (Eq. 10 with kx, ky set).
 
     The forward keeps only the state (u, p) entering each iteration; the backward recomputes
     each iteration's intermediates from it and applies the exact adjoint of ``_step``
-    (tested against autograd through the literal reference). Tie-breaking at the clamp
-    bounds follows torch.clamp (bounds inclusive for the input's gradient)."""
+    (tested against autograd through the literal reference)."""
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx,
-        rho_c: Tensor,
-        grad_f2: Tensor,
-        inv_sq: Tensor,
-        wx: Tensor,
-        wy: Tensor,
-        lam_theta: Tensor,
-        theta: Tensor,
-        tau_theta: Tensor,
         iterations: int,
-        scale: float,
+        gain: float,
+        fx: Tensor | None,
+        fy: Tensor | None,
+        *tensors: Tensor,
     ) -> Tensor:
-        m, _, h, w = grad_f2.shape
-        us = grad_f2.new_zeros(iterations, m, 2, h, w)
-        ps = grad_f2.new_zeros(iterations, m, 2, 2, h, w)
+        t = _Terms._make((*tensors, fx, fy, None, None, gain))
+        m, _, h, w = t.grad_f2.shape
+        us = t.grad_f2.new_zeros(iterations, m, 2, h, w)
+        ps = t.grad_f2.new_zeros(iterations, m, 2, 2, h, w)
         u, p = us[0].clone(), ps[0].clone()
         for k in range(iterations):
             us[k], ps[k] = u, p
-            u, p = _step(
-                u, p, rho_c, grad_f2, inv_sq, None, None, scale, wx, wy, lam_theta, theta, tau_theta
-            )
-        ctx.save_for_backward(rho_c, grad_f2, inv_sq, wx, wy, lam_theta, theta, tau_theta, us, ps)
-        ctx.scale = scale  # type: ignore[attr-defined]
+            u, p = _step(u, p, t)
+        taps = () if fx is None or fy is None else (fx, fy)
+        ctx.save_for_backward(*tensors, *taps, us, ps)
+        ctx.gain = gain  # type: ignore[attr-defined]
         return u
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        rho_c, g, inv_sq, wx, wy, lt, theta, a, us, ps = ctx.saved_tensors  # type: ignore[attr-defined]
-        scale: float = ctx.scale  # type: ignore[attr-defined]
-        d_rho_c = torch.zeros_like(rho_c)
-        d_g = torch.zeros_like(g)
-        d_inv = torch.zeros_like(inv_sq)
-        d_wx, d_wy = torch.zeros_like(wx), torch.zeros_like(wy)
-        d_lt, d_theta, d_a = (torch.zeros_like(lt) for _ in range(3))
-        du = grad_out.contiguous()
-        dp = torch.zeros_like(ps[0])
+        saved = ctx.saved_tensors  # type: ignore[attr-defined]
+        n = len(_DIFFERENTIABLE)
+        tensors, us, ps = saved[:n], saved[-2], saved[-1]
+        fx, fy = saved[n : n + 2] if len(saved) == n + 4 else (None, None)
+        t = _Terms._make((*tensors, fx, fy, None, None, ctx.gain))  # type: ignore[attr-defined]
+        acc = {name: torch.zeros_like(x) for name, x in zip(_DIFFERENTIABLE, tensors, strict=True)}
+        if fx is not None and fy is not None:
+            acc["fx"], acc["fy"] = torch.zeros_like(fx), torch.zeros_like(fy)
+        du, dp = grad_out.contiguous(), torch.zeros_like(ps[0])
         for k in range(us.shape[0] - 1, -1, -1):
-            u, p = us[k], ps[k]
-            # recompute the iteration (see _step)
-            rho = torch.addcmul(rho_c, g[:, :1], u[:, :1]).addcmul_(g[:, 1:], u[:, 1:])
-            r = rho * inv_sq
-            shrink = torch.clamp(r, -lt, lt)
-            px, py = p[:, :, 0], p[:, :, 1]
-            div = _divergence(px, py, wx, wy)
-            u_new = torch.addcmul(u, g, shrink, value=-1).addcmul_(div, theta)
-            grad_u = _gradient(u_new, None, None)
-            if scale != 1.0:
-                grad_u *= scale
-            nrm = torch.sqrt(
-                torch.addcmul(grad_u[:, :, :1] ** 2, grad_u[:, :, 1:], grad_u[:, :, 1:]) + NORM_EPS
-            )
-            den = torch.addcmul(torch.ones_like(nrm), nrm, a)
-            p_new = torch.addcmul(p, grad_u, a) / den
-            # Eq. 5: p' = (p + a G) / (1 + a |G|)
-            d_num = dp / den
-            d_den = -(dp * p_new).sum(2, keepdim=True) / den
-            d_a += (d_num * grad_u).sum() + (d_den * nrm).sum()
-            d_grad = torch.addcmul(d_num * a, grad_u, d_den * a / nrm)
-            if scale != 1.0:
-                d_grad *= scale
-            d_u_new = du + _gradient_adjoint(d_grad, u_new)
-            # Eq. 4 and Eq. 9
-            d_theta += (d_u_new * div).sum()
-            d_div = d_u_new * theta
-            d_wx[1] += (d_div * px).sum()
-            d_wx[0] += (d_div[..., :, 1:] * px[..., :, :-1]).sum()
-            d_wy[1] += (d_div * py).sum()
-            d_wy[0] += (d_div[..., 1:, :] * py[..., :-1, :]).sum()
-            dp = d_num
-            dp[:, :, 0] += d_div * wx[1]
-            dp[:, :, 0, :, :-1] += d_div[..., :, 1:] * wx[0]
-            dp[:, :, 1] += d_div * wy[1]
-            dp[:, :, 1, :-1, :] += d_div[..., 1:, :] * wy[0]
-            # Eq. 3: v = u - g * clamp(rho / |g|^2, -lt, lt)
-            d_shrink = -(d_u_new * g).sum(1, keepdim=True)
-            d_g -= d_u_new * shrink
-            inside = (r >= -lt) & (r <= lt)
-            d_r = torch.where(inside, d_shrink, torch.zeros_like(d_shrink))
-            d_lt += (d_shrink * ((r > lt).to(r.dtype) - (r < -lt).to(r.dtype))).sum()
-            # Eq. 2
-            d_rho = d_r * inv_sq
-            d_inv += d_r * rho
-            d_rho_c += d_rho
-            d_g += d_rho * u
-            du = torch.addcmul(d_u_new, d_rho, g)
-        return d_rho_c, d_g, d_inv, d_wx, d_wy, d_lt, d_theta, d_a, None, None
+            du, dp = _step_backward(t, us[k], ps[k], du, dp, acc)
+        return None, None, acc.get("fx"), acc.get("fy"), *(acc[k] for k in _DIFFERENTIABLE)
 
 
 class RepresentationFlow(nn.Module):
@@ -282,21 +366,26 @@ class RepresentationFlow(nn.Module):
     Args:
         iterations: number of unrolled iterations (parameters shared across them, Fig. 2).
         learn: learnable parameter groups among "sobel" (Eq. 8/10 kernels), "divergence"
-            (w_x, w_y of Eq. 9) and "tvl1" (tau, lambda, theta); or "all" / "none".
-            Default: divergence + tvl1 (Table 2). Fixed ones are buffers.
-        normalize_sobel: divide the Sobel kernels by 8 so the flow is in pixels.
+            (w_x, w_y of Eq. 9 and the grad u taps) and "tvl1" (tau, lambda, theta); or
+            "all" / "none". Default: divergence + tvl1 (Table 2). Fixed ones are buffers.
+        grad_u: "forward" (default): grad u of Eq. 5 by a forward difference, the negative
+            adjoint of the divergence at initialisation (as the authors' code); "sobel":
+            Eq. 10 as printed, which is not adjoint to Eq. 9 and does not converge (see
+            docs/flow.md).
+        normalize_sobel: True (default): Sobel / 8, flow in pixels; False: the printed
+            kernels, every gradient 8x, flow in 1/8 px.
         tau, lam, theta: initial values (default: the classic TV-L1 values above).
         checkpoint: with autograd, recompute each iteration in the backward pass (exact,
             bounded memory).
-        custom_backward: with the printed Sobel kernels, use the hand-written exact backward
-            (fastest; stores only the per-iteration state).
+        custom_backward: use the hand-written exact backward where it applies (every
+            setting but grad_u="sobel" with learned Sobel kernels; fastest).
     """
 
     def __init__(
         self,
         iterations: int = ITERATIONS,
         learn: str | Iterable[str] = LEARN_DEFAULT,
-        normalize_sobel: bool = False,
+        normalize_sobel: bool = True,
         tau: float = TAU,
         lam: float = LAMBDA,
         theta: float = THETA,
@@ -306,18 +395,27 @@ class RepresentationFlow(nn.Module):
         div_y: Sequence[float] = DIV_Y,
         checkpoint: bool = True,
         custom_backward: bool = True,
+        grad_u: str = "forward",
+        grad_x: Sequence[float] = GRAD_X,
+        grad_y: Sequence[float] = GRAD_Y,
     ) -> None:
         super().__init__()
         if iterations < 1:
             raise VidactError(f"flow iterations={iterations} must be >= 1")
+        if grad_u not in GRAD_U:
+            raise VidactError(f"flow grad_u={grad_u!r} must be one of {GRAD_U}")
         self.iterations = iterations
         self.normalize_sobel = normalize_sobel
+        self.grad_u = grad_u
         self.checkpoint = checkpoint
         self.custom_backward = custom_backward
         groups = _learn_set(learn)
+        divergence: dict[str, object] = {"div_x": div_x, "div_y": div_y}
+        if grad_u == "forward":
+            divergence.update(grad_x=grad_x, grad_y=grad_y)
         values: dict[str, dict[str, object]] = {
             "sobel": {"sobel_x": sobel_x, "sobel_y": sobel_y},
-            "divergence": {"div_x": div_x, "div_y": div_y},
+            "divergence": divergence,
             "tvl1": {"tau": tau, "lam": lam, "theta": theta},
         }
         for group, tensors in values.items():
@@ -332,6 +430,8 @@ class RepresentationFlow(nn.Module):
     sobel_y: Tensor
     div_x: Tensor
     div_y: Tensor
+    grad_x: Tensor
+    grad_y: Tensor
     tau: Tensor
     lam: Tensor
     theta: Tensor
@@ -339,8 +439,46 @@ class RepresentationFlow(nn.Module):
     def extra_repr(self) -> str:
         learned = [n for n, _ in self.named_parameters(recurse=False)]
         return (
-            f"iterations={self.iterations}, normalize_sobel={self.normalize_sobel}, "
-            f"learned={learned}"
+            f"iterations={self.iterations}, grad_u={self.grad_u!r}, "
+            f"normalize_sobel={self.normalize_sobel}, learned={learned}"
+        )
+
+    def _printed_sobel(self) -> bool:
+        return (
+            not self.sobel_x.requires_grad
+            and not self.sobel_y.requires_grad
+            and torch.equal(self.sobel_x, self.sobel_x.new_tensor(SOBEL_X))
+            and torch.equal(self.sobel_y, self.sobel_y.new_tensor(SOBEL_Y))
+        )
+
+    def _terms(self, f1: Tensor, f2: Tensor) -> _Terms:
+        """Eq. 8 and everything else the iterations read, for (M, 1, H, W) maps."""
+        dtype = f1.dtype
+        m, _, h, w = f1.shape
+        printed = self._printed_sobel()
+        kx = None if printed else self.sobel_x.to(dtype)
+        ky = None if printed else self.sobel_y.to(dtype)
+        scale = 1.0 / SOBEL_GAIN if self.normalize_sobel else 1.0
+        grad_f2 = _gradient(f2, kx, ky).reshape(m, 2, h, w)  # Eq. 8
+        if scale != 1.0:
+            grad_f2 = grad_f2 * scale
+        sq = (grad_f2 * grad_f2).sum(1, keepdim=True)
+        theta = self.theta.to(dtype)
+        forward = self.grad_u == "forward"
+        return _Terms(
+            rho_c=f2 - f1,
+            grad_f2=grad_f2,
+            inv_sq=1.0 / torch.where(sq > 0, sq, torch.ones_like(sq)),
+            lam_theta=self.lam.to(dtype) * theta,
+            theta=theta,
+            tau_theta=self.tau.to(dtype) / theta,
+            wx=self.div_x.to(dtype),
+            wy=self.div_y.to(dtype),
+            fx=self.grad_x.to(dtype) if forward else None,
+            fy=self.grad_y.to(dtype) if forward else None,
+            kx=None if forward else kx,
+            ky=None if forward else ky,
+            gain=1.0 if forward else scale,
         )
 
     def forward(self, f1: Tensor, f2: Tensor) -> Tensor:
@@ -350,51 +488,23 @@ class RepresentationFlow(nn.Module):
             )
         b, c, h, w = f1.shape
         dtype = torch.float64 if f1.dtype == torch.float64 else torch.float32
-        scale = 1.0 / SOBEL_GAIN if self.normalize_sobel else 1.0
-        printed = (
-            not self.sobel_x.requires_grad
-            and not self.sobel_y.requires_grad
-            and torch.equal(self.sobel_x, self.sobel_x.new_tensor(SOBEL_X))
-            and torch.equal(self.sobel_y, self.sobel_y.new_tensor(SOBEL_Y))
-        )
-        kx = None if printed else self.sobel_x.to(dtype)
-        ky = None if printed else self.sobel_y.to(dtype)
         with torch.autocast(f1.device.type, enabled=False):
-            f1 = f1.to(dtype).reshape(b * c, 1, h, w)
-            f2 = f2.to(dtype).reshape(b * c, 1, h, w)
-            grad_f2 = _gradient(f2, kx, ky).reshape(b * c, 2, h, w)  # Eq. 8
-            if scale != 1.0:
-                grad_f2 = grad_f2 * scale
-            sq = (grad_f2 * grad_f2).sum(1, keepdim=True)
-            inv_sq = 1.0 / torch.where(sq > 0, sq, torch.ones_like(sq))
-            rho_c = f2 - f1
-            theta = self.theta.to(dtype)
-            lam_theta = self.lam.to(dtype) * theta
-            tau_theta = self.tau.to(dtype) / theta
-            wx, wy = self.div_x.to(dtype), self.div_y.to(dtype)
-            u = f1.new_zeros(b * c, 2, h, w)
-            p = f1.new_zeros(b * c, 2, 2, h, w)
-            consts = (rho_c, grad_f2, inv_sq, kx, ky, scale, wx, wy, lam_theta, theta, tau_theta)
-            if printed and torch.is_grad_enabled() and self.custom_backward:
-                u = _Iterations.apply(
-                    rho_c,
-                    grad_f2,
-                    inv_sq,
-                    wx,
-                    wy,
-                    lam_theta,
-                    theta,
-                    tau_theta,
-                    self.iterations,
-                    scale,
-                )
+            t = self._terms(
+                f1.to(dtype).reshape(b * c, 1, h, w), f2.to(dtype).reshape(b * c, 1, h, w)
+            )
+            custom = t.kx is None and self.custom_backward
+            if custom and torch.is_grad_enabled():
+                tensors = (t.rho_c, t.grad_f2, t.inv_sq, t.lam_theta, t.theta, t.tau_theta)
+                u = _Iterations.apply(self.iterations, t.gain, t.fx, t.fy, *tensors, t.wx, t.wy)
                 return u.reshape(b, 2 * c, h, w)
+            u = t.grad_f2.new_zeros(b * c, 2, h, w)
+            p = t.grad_f2.new_zeros(b * c, 2, 2, h, w)
             recompute = self.checkpoint and torch.is_grad_enabled()
             for _ in range(self.iterations):
                 if recompute:
-                    u, p = checkpoint(_step, u, p, *consts, use_reentrant=False)
+                    u, p = checkpoint(_step, u, p, t, use_reentrant=False)
                 else:
-                    u, p = _step(u, p, *consts)
+                    u, p = _step(u, p, t)
         return u.reshape(b, 2 * c, h, w)
 
 
