@@ -6,7 +6,7 @@ rise with the number of TV-L1 iterations (1, 5, 10, 20, ...) and learned paramet
 synthetic speed task (vidact.data.synthetic_speed, what `vidact prepare synthetic --task
 speed` writes): 3 classes by the speed (0.5, 1, 2 px/frame, random direction) of one 6x6 px
 textured square over a still texture of the same statistics, sensor noise, 32 x 32 px,
-8 frames. One frame says nothing about the class; the flow layer must measure speed.
+4 frames. One frame says nothing about the class; the flow layer must measure speed.
 
 The network is vidact's own flow block (vidact.models.rep_flow.FlowBlock: 1x1 reduction,
 [0, 255] normalisation, RepresentationFlow, 3x3 conv, BN, residual, ReLU) between a 3x3
@@ -40,6 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from vidact.atomic import atomic_write_text  # noqa: E402
 from vidact.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from vidact.data.sources.synthetic import SyntheticSpec, clip_rng  # noqa: E402
 from vidact.models.rep_flow import FLOW_LR_SCALE, LEARN_DEFAULT, FlowBlock, flow_parameters  # noqa: E402
@@ -175,6 +176,16 @@ def print_table(results: dict[Config, list[float]], iterations: list[int], chanc
         print(f"  {label + kind:<16} " + "  ".join(f"{v:5.1f}" for v in values))
 
 
+def write_json(path: Path, args: argparse.Namespace, results: dict[Config, list[float]]) -> None:
+    runs = [
+        {"iterations": c.iterations, "learned": c.learned, "seed": seed, "val_top1": acc}
+        for c, values in results.items()
+        for seed, acc in enumerate(values)
+    ]
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    atomic_write_text(path, json.dumps({"settings": settings, "runs": runs}, indent=2) + "\n")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -235,18 +246,10 @@ def main() -> None:
                 f"val {acc:5.1f}%  ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
+            if args.json:  # after every run, so that a stopped grid keeps what it measured
+                write_json(args.json, args, results)
     print(f"\ngrid of {len(configs) * args.seeds} runs: {time.perf_counter() - start:.0f} s")
     print_table(results, args.iterations, 100.0 / base.classes)
-    if args.json:
-        rows = [
-            {"iterations": c.iterations, "learned": c.learned, "val_top1": v}
-            for c, v in results.items()
-        ]
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": rows}, indent=2)
-            + "\n"
-        )
 
 
 if __name__ == "__main__":
