@@ -20,16 +20,23 @@ MPEG-4 coding enters.
     flock /tmp/vidact-bench.lock python benchmarks/table3.py            # default grid
     python benchmarks/table3.py --seeds 5 --iterations 1 5 10 20 50 --steps 300   # bigger
     python benchmarks/table3.py --distractors 1 --json runs/table3.json
+
+Runs go to --workers processes (default 2, one per core here), each with --threads torch
+threads (default 1: on this shared 2-core machine two threads per process ran a flow step
+about 10x slower than one, from oversubscription). Results do not depend on --workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +50,7 @@ from torch import Tensor, nn  # noqa: E402
 from vidact.atomic import atomic_write_text  # noqa: E402
 from vidact.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from vidact.data.sources.synthetic import SyntheticSpec, clip_rng  # noqa: E402
-from vidact.models.rep_flow import FLOW_LR_SCALE, LEARN_DEFAULT, FlowBlock, flow_parameters  # noqa: E402
+from vidact.models import rep_flow  # noqa: E402
 
 STEM_WIDTH = 8  # channels of the stem, the flow block's input
 FLOW_CHANNELS = 4  # C' of the flow block's 1x1 reduction
@@ -65,7 +72,7 @@ class TinyFlowNet(nn.Module):
         super().__init__()
         self.stem = _conv(3, STEM_WIDTH, 1)
         self.flow = (
-            FlowBlock(STEM_WIDTH, FLOW_CHANNELS, iterations=iterations, learn=learn)
+            rep_flow.FlowBlock(STEM_WIDTH, FLOW_CHANNELS, iterations=iterations, learn=learn)
             if iterations
             else None
         )
@@ -108,7 +115,7 @@ def clips(spec: SyntheticSpec, per_class: int, first_index: int) -> tuple[Tensor
 
 def optimizer(model: nn.Module, lr: float, flow_lr_scale: float) -> torch.optim.Optimizer:
     """Adam; the flow layers' parameters at lr x flow_lr_scale (appendix A)."""
-    flow = list(flow_parameters(model))
+    flow = list(rep_flow.flow_parameters(model))
     ids = {id(p) for p in flow}
     rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [{"params": rest, "lr": lr}]
@@ -126,7 +133,7 @@ def train_and_evaluate(
     """Train one network from scratch; val top-1 in percent."""
     x_train, y_train, x_val, y_val = data
     torch.manual_seed(seed)
-    learn = LEARN_DEFAULT if config.learned else "none"
+    learn = rep_flow.LEARN_DEFAULT if config.learned else "none"
     model = TinyFlowNet(int(y_train.max()) + 1, config.iterations, learn)
     opt = optimizer(model, args.lr, args.flow_lr_scale)
     batches = torch.Generator().manual_seed(seed)
@@ -176,11 +183,18 @@ def print_table(results: dict[Config, list[float]], iterations: list[int], chanc
         print(f"  {label + kind:<16} " + "  ".join(f"{v:5.1f}" for v in values))
 
 
-def write_json(path: Path, args: argparse.Namespace, results: dict[Config, list[float]]) -> None:
+def write_json(
+    path: Path, args: argparse.Namespace, results: dict[Config, dict[int, float]]
+) -> None:
     runs = [
-        {"iterations": c.iterations, "learned": c.learned, "seed": seed, "val_top1": acc}
+        {
+            "iterations": c.iterations,
+            "learned": c.learned,
+            "seed": seed,
+            "val_top1": acc,
+        }
         for c, values in results.items()
-        for seed, acc in enumerate(values)
+        for seed, acc in sorted(values.items())
     ]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     atomic_write_text(path, json.dumps({"settings": settings, "runs": runs}, indent=2) + "\n")
@@ -196,7 +210,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=150, help="Adam steps per run")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--flow-lr-scale", type=float, default=FLOW_LR_SCALE)
+    parser.add_argument("--flow-lr-scale", type=float, default=rep_flow.FLOW_LR_SCALE)
     parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--val-per-class", type=int, default=100)
     parser.add_argument("--size", type=int, default=32)
@@ -207,49 +221,84 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.03)
     parser.add_argument("--distractors", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1: see docs/models.md)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: see docs/models.md)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes training runs side by side (cores)",
     )
     parser.add_argument("--json", type=Path, help="also write every run's accuracy here")
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    base = SyntheticSpec(
+def speed_spec(args: argparse.Namespace, seed: int) -> SyntheticSpec:
+    spec = SyntheticSpec(
         task="speed",
         classes=len(args.speeds),
         frames=args.frames,
         size=args.size,
+        seed=seed,
         speeds=tuple(args.speeds),
         object_size=args.object_size,
         contrast=args.contrast,
         noise=args.noise,
         distractors=args.distractors,
     )
-    base.validate()
-    configs = grid(args.iterations)
-    results: dict[Config, list[float]] = {c: [] for c in configs}
+    spec.validate()
+    return spec
+
+
+@functools.cache
+def _seed_data(args_json: str, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    args = argparse.Namespace(**json.loads(args_json))
+    spec = speed_spec(args, seed)
+    return (
+        *clips(spec, args.train_per_class, 0),
+        *clips(spec, args.val_per_class, args.train_per_class),
+    )
+
+
+def run_one(args_json: str, config: Config, seed: int) -> tuple[Config, int, float, float]:
+    """One cell and seed, in a worker process: (config, seed, val top-1, seconds)."""
+    args = argparse.Namespace(**json.loads(args_json))
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    for seed in range(args.seeds):
-        spec = replace(base, seed=seed)
-        data = (
-            *clips(spec, args.train_per_class, 0),
-            *clips(spec, args.val_per_class, args.train_per_class),
-        )
-        for config in configs:
-            t0 = time.perf_counter()
-            acc = train_and_evaluate(config, seed, data, args)  # type: ignore[arg-type]
-            results[config].append(acc)
+    acc = train_and_evaluate(config, seed, _seed_data(args_json, seed), args)
+    return config, seed, acc, time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    chance = 100.0 / speed_spec(args, 0).classes  # validates the settings first
+    configs = grid(args.iterations)
+    results: dict[Config, dict[int, float]] = {c: {} for c in configs}
+    args_json = json.dumps({k: v for k, v in vars(args).items() if k != "json"})
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        jobs = [
+            pool.submit(run_one, args_json, config, seed)
+            for seed in range(args.seeds)
+            for config in configs
+        ]
+        for job in as_completed(jobs):
+            config, seed, acc, seconds = job.result()
+            results[config][seed] = acc
             print(
                 f"seed {seed} iterations {config.iterations:>2} learned {config.learned!s:<5} "
-                f"val {acc:5.1f}%  ({time.perf_counter() - t0:.0f} s)",
+                f"val {acc:5.1f}%  ({seconds:.0f} s)",
                 flush=True,
             )
             if args.json:  # after every run, so that a stopped grid keeps what it measured
                 write_json(args.json, args, results)
-    print(f"\ngrid of {len(configs) * args.seeds} runs: {time.perf_counter() - start:.0f} s")
-    print_table(results, args.iterations, 100.0 / base.classes)
+    print(f"\ngrid of {len(jobs)} runs: {time.perf_counter() - start:.0f} s")
+    ordered = {c: [v[s] for s in sorted(v)] for c, v in results.items()}
+    print_table(ordered, args.iterations, chance)
 
 
 if __name__ == "__main__":
