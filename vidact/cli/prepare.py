@@ -40,7 +40,10 @@ def prepare_synthetic(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "data/synthetic"
     ),
-    classes: Annotated[int, typer.Option(help="Number of motion classes (1-12).")] = 8,
+    classes: Annotated[
+        int | None,
+        typer.Option(help="Number of classes (camera: 1-12, default 8; speed: one per speed)."),
+    ] = None,
     videos_per_class: Annotated[int, typer.Option(help="Videos per class (train + val).")] = 50,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 16,
     size: Annotated[int, typer.Option(help="Frame width and height in pixels.")] = 64,
@@ -52,20 +55,52 @@ def prepare_synthetic(
     workers: Annotated[
         int | None, typer.Option(help="Processes (default: up to 4, one per core).")
     ] = None,
+    task: Annotated[
+        str, typer.Option(help="camera: classes by camera motion; speed: by an object's speed.")
+    ] = "camera",
+    speeds: Annotated[
+        str, typer.Option(help="Speed task: one class per speed, px/frame, comma-separated.")
+    ] = "0.5,1,2",
+    object_size: Annotated[int, typer.Option(help="Speed task: the square's side, px.")] = 6,
+    contrast: Annotated[
+        float, typer.Option(help="Speed task: texture standard deviation (share of grey range).")
+    ] = 0.15,
+    noise: Annotated[
+        float, typer.Option(help="Sensor noise standard deviation (share of grey range).")
+    ] = 0.0,
+    distractors: Annotated[
+        int, typer.Option(help="Speed task: larger squares moving at random speeds.")
+    ] = 0,
 ) -> None:
     """Generate the motion-only synthetic dataset: MP4 videos, manifests, label map.
 
-    Classes differ by motion only (translate, rotate, zoom), so one frame says nothing
-    about the class while two frames do. Val videos also store exact ground-truth flow.
-    Re-running the same command resumes where it stopped.
+    Classes differ by motion only, so one frame says nothing about the class while two
+    frames do. --task camera (default): the camera translates, rotates or zooms.
+    --task speed: a small textured square moves over a still texture by sub-pixel steps;
+    its speed is the class (the harder task of benchmarks/table3.py). Val videos also store
+    exact ground-truth flow. Re-running the same command resumes where it stopped.
 
     Examples:
       vidact prepare synthetic --out data/synthetic
       vidact prepare synthetic --out data/tiny --classes 4 --videos-per-class 10 --size 32
+      vidact prepare synthetic --out data/speed --task speed --size 32 --frames 8 --noise 0.03
     """
-    from vidact.data.sources.synthetic import SyntheticSpec, make_synthetic_dataset
+    from vidact.data.sources.synthetic import (
+        SyntheticSpec,
+        make_synthetic_dataset,
+        parse_speeds,
+    )
 
+    speed_list = parse_speeds(speeds)
+    if classes is None:
+        classes = len(speed_list) if task == "speed" else 8
     spec = SyntheticSpec(
+        task=task,
+        speeds=speed_list,
+        object_size=object_size,
+        contrast=contrast,
+        noise=noise,
+        distractors=distractors,
         classes=classes,
         videos_per_class=videos_per_class,
         frames=frames,

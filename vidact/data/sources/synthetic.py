@@ -1,5 +1,9 @@
 """`vidact prepare synthetic`: the embedded motion-only dataset (quickstart, tests, demos).
 
+Two tasks: "camera" (classes by camera motion, vidact.data.synthetic_motion; the
+quickstart's) and "speed" (classes by the speed of a small object over a still texture,
+vidact.data.synthetic_speed; the harder task of benchmarks/table3.py).
+
 Layout written under OUT:
 
     videos/<class>/<class>_<k>.mp4   real MP4 files (MPEG-4 Part 2, which decord reads)
@@ -30,10 +34,25 @@ import numpy as np
 from vidact import console
 from vidact.atomic import atomic_path, atomic_write_text
 from vidact.data.manifest import Sample, write_label_map, write_manifest
-from vidact.data.synthetic_motion import MOTIONS, render_clip
+from vidact.data.synthetic_motion import MOTIONS, Clip, render_clip
+from vidact.data.synthetic_speed import (
+    CONTRAST,
+    OBJECT_SIZE,
+    SPEEDS,
+    render_speed_clip,
+    speed_class_name,
+)
 from vidact.errors import VidactError
 
 SPEC_FILE = "synthetic.json"
+TASKS = ("camera", "speed")
+# The options of the speed task, which the camera task must leave at their defaults.
+_SPEED_ONLY = {
+    "speeds": "--speeds",
+    "object_size": "--object-size",
+    "contrast": "--contrast",
+    "distractors": "--distractors",
+}
 FOURCC = "mp4v"  # written by OpenCV's FFmpeg backend and read by decord 0.6
 
 
@@ -49,11 +68,15 @@ class SyntheticSpec:
     val_fraction: float = 0.2
     fps: float = 25.0
     gt_flow_pairs: int = 3
+    task: str = "camera"
+    speeds: tuple[float, ...] = SPEEDS
+    object_size: int = OBJECT_SIZE
+    contrast: float = CONTRAST
+    noise: float = 0.0
+    distractors: int = 0
 
     def validate(self) -> None:
-        problems = []
-        if not 1 <= self.classes <= len(MOTIONS):
-            problems.append(f"--classes must be between 1 and {len(MOTIONS)}")
+        problems = self._task_problems()
         if self.videos_per_class < 2:
             problems.append("--videos-per-class must be at least 2 (one train, one val)")
         if self.frames < 2:
@@ -62,12 +85,65 @@ class SyntheticSpec:
             problems.append("--size must be an even number of pixels between 16 and 1024")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append("--val-fraction must be between 0 and 1")
+        if not 0.0 <= self.noise <= 1.0:
+            problems.append("--noise must be between 0 and 1 (a share of the grey range)")
         if problems:
             raise VidactError("; ".join(problems))
 
+    def _task_problems(self) -> list[str]:
+        if self.task not in TASKS:
+            return [f"--task must be one of {', '.join(TASKS)}"]
+        defaults = SyntheticSpec()
+        if self.task == "camera":
+            problems = [
+                f"{flag} applies to --task speed only"
+                for field, flag in _SPEED_ONLY.items()
+                if getattr(self, field) != getattr(defaults, field)
+            ]
+            if not 1 <= self.classes <= len(MOTIONS):
+                problems.append(f"--classes must be between 1 and {len(MOTIONS)}")
+            return problems
+        problems = []
+        if self.classes != len(self.speeds):
+            problems.append(f"--classes must equal the number of --speeds ({len(self.speeds)})")
+        if len(set(self.speeds)) != len(self.speeds) or not all(
+            0.0 <= s <= self.size / 4 for s in self.speeds
+        ):
+            problems.append(f"--speeds must be distinct, between 0 and {self.size / 4:g} px")
+        if not 1 <= self.object_size <= self.size // 4:
+            problems.append("--object-size must be between 1 px and a quarter of --size")
+        if not 0.0 < self.contrast <= 0.5:
+            problems.append("--contrast must be in (0, 0.5]")
+        if self.distractors < 0:
+            problems.append("--distractors must be 0 or more")
+        return problems
+
     @property
     def class_names(self) -> list[str]:
+        if self.task == "speed":
+            return [speed_class_name(s) for s in self.speeds]
         return list(MOTIONS[: self.classes])
+
+    def render(self, label: int, rng: np.random.Generator, flow_pairs: list[int]) -> Clip:
+        """Clip `label` of this dataset, drawn with `rng`, and the flow of `flow_pairs`."""
+        if self.task == "speed":
+            return render_speed_clip(
+                self.speeds[label],
+                self.frames,
+                self.size,
+                rng,
+                flow_pairs,
+                object_size=self.object_size,
+                contrast=self.contrast,
+                noise=self.noise,
+                distractors=self.distractors,
+                distractor_speeds=(min(self.speeds), max(self.speeds)),
+            )
+        clip = render_clip(self.class_names[label], self.frames, self.size, rng, flow_pairs)
+        if self.noise == 0:
+            return clip
+        noisy = clip.frames + 255.0 * self.noise * rng.standard_normal(clip.frames.shape)
+        return Clip(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), clip.flow, clip.motion)
 
     def num_val(self) -> int:
         return min(
@@ -118,6 +194,16 @@ class SyntheticSummary:
     bytes_on_disk: int
 
 
+def parse_speeds(text: str) -> tuple[float, ...]:
+    """ "0.5,1,2" -> (0.5, 1.0, 2.0), the --speeds option."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise VidactError(
+            f"--speeds {text!r}: give speeds in px/frame separated by commas, e.g. 0.5,1,2"
+        ) from None
+
+
 def flow_pair_indices(frames: int, count: int) -> list[int]:
     """`count` evenly spaced pair starts t in [0, frames - 2] (pair t is t -> t + 1)."""
     if count <= 0:
@@ -134,13 +220,7 @@ def _write_clip(job: _Job) -> None:
     cv2.setNumThreads(1)
     spec = job.spec
     pairs = flow_pair_indices(spec.frames, spec.gt_flow_pairs) if job.gt_flow else []
-    clip = render_clip(
-        spec.class_names[job.label],
-        spec.frames,
-        spec.size,
-        clip_rng(spec.seed, job.label, job.index),
-        pairs,
-    )
+    clip = spec.render(job.label, clip_rng(spec.seed, job.label, job.index), pairs)
     out = Path(job.out)
     with atomic_path(out / job.video) as tmp:
         writer = cv2.VideoWriter(
@@ -164,8 +244,12 @@ def _check_spec(out: Path, spec: SyntheticSpec) -> None:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise VidactError(f"{path}: unreadable; delete {out} or choose another --out") from None
-    if previous != asdict(spec):
-        changed = sorted(k for k in asdict(spec) if previous.get(k) != asdict(spec)[k])
+    # As JSON (tuples read back as lists); folders written before a setting existed were
+    # made with its default.
+    wanted = json.loads(json.dumps(asdict(spec)))
+    previous = {**json.loads(json.dumps(asdict(SyntheticSpec()))), **previous}
+    if previous != wanted:
+        changed = sorted(k for k in wanted if previous.get(k) != wanted[k])
         raise VidactError(
             f"{out} holds synthetic data made with other settings ({', '.join(changed)}); "
             "use another --out or delete that folder"
