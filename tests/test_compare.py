@@ -127,19 +127,32 @@ def test_checkpoint_parameters_come_from_the_first_flow_layer(tmp_path: Path) ->
         first.tau.fill_(0.2)
         first.lam.fill_(0.5)
         first.div_x.copy_(torch.tensor([-0.9, 1.1]))
+        first.grad_x.copy_(torch.tensor([-1.2, 0.8]))
         model[1].flows[0].tau.fill_(0.01)
-    recipe = {"model": {"name": "repflow_resnet18", "iterations": 7, "learn": "all"}}
+    recipe = {
+        "model": {"name": "repflow_resnet18", "iterations": 7, "learn": "all"},
+    }
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, {"model": model.state_dict(), "recipe": recipe})
     spec = checkpoint_layer(path)
     assert spec.values["tau"] == pytest.approx(0.2) and spec.values["lam"] == pytest.approx(0.5)
     assert spec.values["div_x"] == pytest.approx([-0.9, 1.1])
-    assert spec.iterations == 7 and spec.learn == "all" and not spec.normalize_sobel
-    assert set(spec.changed) == {"tau", "lam", "div_x"}
-    assert spec.pixel_equivalent() == pytest.approx({"tau": 0.2, "lam": 4.0, "theta": 2.4})
+    assert spec.values["grad_x"] == pytest.approx([-1.2, 0.8])
+    # the network's own units: repflow_resnet18 runs in pixels (normalize_sobel=True)
+    assert spec.iterations == 7 and spec.learn == "all" and spec.normalize_sobel
+    assert set(spec.changed) == {"tau", "lam", "div_x", "grad_x"}
+    assert spec.pixel_equivalent() == pytest.approx({"tau": 0.2, "lam": 0.5, "theta": 0.3})
     assert checkpoint_layer(path, iterations=3).iterations == 3
     built = spec.build()
     assert float(built.tau) == pytest.approx(0.2) and built.iterations == 7
+    assert built.grad_u == "forward"
+    assert built.grad_x.tolist() == pytest.approx([-1.2, 0.8])
+
+    recipe["model"]["normalize_sobel"] = False  # a network in the printed Sobel's units, x8
+    save_checkpoint(path, {"model": model.state_dict(), "recipe": recipe})
+    spec = checkpoint_layer(path)
+    assert not spec.normalize_sobel
+    assert spec.pixel_equivalent() == pytest.approx({"tau": 0.2, "lam": 4.0, "theta": 2.4})
 
     video = _moving_video(tmp_path / "v.mp4", frames=3)
     run = compare_tvl1(video, checkpoint=path, out=tmp_path / "o", timing_shape=None)

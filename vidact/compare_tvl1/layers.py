@@ -14,6 +14,8 @@ from vidact.errors import VidactError
 from vidact.models.rep_flow import (
     DIV_X,
     DIV_Y,
+    GRAD_X,
+    GRAD_Y,
     ITERATIONS,
     LAMBDA,
     SOBEL_GAIN,
@@ -26,6 +28,7 @@ from vidact.models.rep_flow import (
 
 PIXEL_BUDGET = 1 << 22  # pairs x H x W per layer call (bounds the layer's memory)
 _LAYER_KEYS = ("tau", "lam", "theta", "div_x", "div_y", "sobel_x", "sobel_y")
+_GRAD_KEYS = ("grad_x", "grad_y")  # grad u of Eq. 5 (absent with grad_u="sobel")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class FlowLayerSpec:
             sobel_y=v["sobel_y"],
             div_x=v["div_x"],
             div_y=v["div_y"],
+            grad_u="forward" if "grad_x" in v else "sobel",
+            grad_x=v.get("grad_x", GRAD_X),
+            grad_y=v.get("grad_y", GRAD_Y),
             checkpoint=False,
         )
         return layer.to(device).eval()
@@ -95,6 +101,8 @@ def _paper_values() -> dict[str, Any]:
         "div_y": list(DIV_Y),
         "sobel_x": [list(r) for r in SOBEL_X],
         "sobel_y": [list(r) for r in SOBEL_Y],
+        "grad_x": list(GRAD_X),
+        "grad_y": list(GRAD_Y),
     }
 
 
@@ -122,7 +130,8 @@ def checkpoint_layer(path: str | Path, iterations: int | None = None) -> FlowLay
     theta, divergence and Sobel tensors, learned or not, read from the state_dict by name).
 
     iterations: default the checkpoint recipe's `model.iterations`, else the paper's 20.
-    The layer runs with the network's Sobel setting (`model.normalize_sobel`, default off).
+    The layer runs with the network's Sobel setting (`model.normalize_sobel`, default the
+    model's own) and its grad u (the learned forward-difference kernels, or Sobel).
     """
     from vidact.engine.checkpoint import load_checkpoint
 
@@ -140,7 +149,9 @@ def checkpoint_layer(path: str | Path, iterations: int | None = None) -> FlowLay
         )
     values: dict[str, Any] = {}
     shapes = {"div_x": (2,), "div_y": (2,), "sobel_x": (3, 3), "sobel_y": (3, 3)}
-    for key in _LAYER_KEYS:
+    shapes |= {"grad_x": (2,), "grad_y": (2,)}
+    keys = _LAYER_KEYS + tuple(k for k in _GRAD_KEYS if prefix + k in state)
+    for key in keys:
         tensor = state[prefix + key].detach().to(torch.float64).cpu()
         want = shapes.get(key, ())
         if tuple(tensor.shape) != want:
@@ -155,17 +166,25 @@ def checkpoint_layer(path: str | Path, iterations: int | None = None) -> FlowLay
     _check_iterations(iterations)
     learn = model_cfg.get("learn")
     paper = _paper_values()
-    changed = tuple(
-        k for k in _LAYER_KEYS if not np.allclose(np.asarray(values[k]), np.asarray(paper[k]))
-    )
+    changed = tuple(k for k in keys if not np.allclose(np.asarray(values[k]), np.asarray(paper[k])))
     return FlowLayerSpec(
         source=f"{path} ({prefix.rstrip('.') or 'top level'})",
         iterations=iterations,
-        normalize_sobel=bool(model_cfg.get("normalize_sobel", False)),
+        normalize_sobel=bool(model_cfg.get("normalize_sobel", _default_units(model_cfg))),
         values=values,
         changed=changed,
         learn=None if learn is None else str(learn),
     )
+
+
+def _default_units(model_cfg: dict[str, Any]) -> bool:
+    """The model's own `normalize_sobel` default (the layer's, pixels, when it has none)."""
+    from vidact.models import model_options
+
+    try:
+        return bool(model_options(str(model_cfg.get("name"))).get("normalize_sobel", True))
+    except VidactError:  # a model this vidact does not register
+        return True
 
 
 def _first_flow_prefix(state: dict[str, Any]) -> str | None:
