@@ -11,10 +11,11 @@ import torch
 import torchvision
 from torch import nn
 
+from vidact.engine.profile import count_params
 from vidact.errors import VidactError
 from vidact.models import build_model, list_models
 from vidact.models.rep_flow import FlowBlock, flow_parameters, normalize_range
-from vidact.models.rep_flow_nets import POSITIONS, RepFlowResNet, count_parameters
+from vidact.models.rep_flow_nets import POSITIONS, RepFlowResNet
 
 NAMES = [n for n in list_models() if n.startswith(("repflow_", "rgb_r")) and "_50" not in n]
 
@@ -228,9 +229,9 @@ def test_parameter_counts() -> None:
         "two_stream_resnet34",
     ]
     with torch.device("meta"):
-        counts = {n: count_parameters(build_model(n, num_classes=400)) for n in names}
+        counts = {n: count_params(build_model(n, num_classes=400)) for n in names}
         tv = {
-            n: count_parameters(getattr(torchvision.models.video, n)())
+            n: count_params(getattr(torchvision.models.video, n)())
             for n in ("r2plus1d_18", "r3d_18")
         }
     assert counts["rgb_r2plus1d_18"] == tv["r2plus1d_18"]

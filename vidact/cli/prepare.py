@@ -25,6 +25,7 @@ from vidact.data.sources.registry import DatasetSource, dataset_sources
 
 if TYPE_CHECKING:
     from vidact.data.prepare.outputs import PrepareSummary
+    from vidact.data.sources.synthetic import SyntheticSummary
 
 prepare_app = typer.Typer(
     help="Turn annotations + videos into manifests (and frames). Example: "
@@ -110,17 +111,18 @@ def prepare_synthetic(
         gt_flow_pairs=gt_flow_pairs,
     )
     summary = make_synthetic_dataset(out, spec, workers=workers)
-    console.summary_table(
-        "synthetic dataset",
-        [
-            ("folder", str(summary.out)),
-            ("classes", f"{len(summary.classes)}: {', '.join(summary.classes)}"),
-            ("videos", f"{summary.train} train, {summary.val} val"),
-            ("written / resumed", f"{summary.written} / {summary.skipped}"),
-            ("disk", console.human_bytes(summary.bytes_on_disk)),
-            ("time", f"{summary.seconds:.1f} s"),
-        ],
-    )
+    console.summary_table("synthetic dataset", _synthetic_rows(summary))
+
+
+def _synthetic_rows(summary: SyntheticSummary) -> list[tuple[str, str]]:
+    return [
+        ("folder", str(summary.out)),
+        ("classes", f"{len(summary.classes)}: {', '.join(summary.classes)}"),
+        ("videos", f"{summary.train} train, {summary.val} val"),
+        ("written / resumed", f"{summary.written} / {summary.skipped}"),
+        ("disk", console.human_bytes(summary.bytes_on_disk)),
+        ("time", f"{summary.seconds:.1f} s"),
+    ]
 
 
 def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:

@@ -148,6 +148,37 @@ def _convs_to_channels_last(model: nn.Module) -> None:
             )
 
 
+def _check_options(
+    num_classes: int, depth: int, num_frames: int, dropout: float, module: str,
+    excitation: str | None, connection: str, num_subdims: int, te_reduction: int,
+    kernel_sizes: Sequence[int] | None, freeze: str,
+) -> str:  # fmt: skip
+    """One line for the first CT-Net option that does not fit; the excitation to use."""
+    if freeze not in FREEZE_CHOICES:
+        raise VidactError(f"freeze: unknown {freeze!r}; use one of {', '.join(FREEZE_CHOICES)}")
+    if depth not in STAGE_DEPTHS:
+        raise VidactError(f"CT-Net depth {depth} is not supported; use 50 or 101")
+    if module not in MODULES:
+        raise VidactError(f"module: unknown {module!r}; use one of {', '.join(MODULES)}")
+    excitation = excitation if excitation is not None else ("te" if module == "ct" else "none")
+    if excitation not in EXCITATIONS:
+        raise VidactError(f"excitation: unknown {excitation!r}; use one of {EXCITATIONS}")
+    if connection not in CONNECTIONS:
+        raise VidactError(f"connection: unknown {connection!r}; use one of {CONNECTIONS}")
+    if num_classes < 1 or num_frames < 1 or not 0.0 <= dropout < 1.0:
+        raise VidactError(
+            f"CT-Net needs num_classes >= 1, num_frames >= 1 and 0 <= dropout < 1; got "
+            f"{num_classes}, {num_frames}, {dropout}"
+        )
+    if num_subdims < 1 or te_reduction < 1:
+        raise VidactError(
+            f"num_subdims and te_reduction must be >= 1, got {num_subdims}, {te_reduction}"
+        )
+    if kernel_sizes is not None and any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+        raise VidactError(f"kernel_sizes must be odd and positive, got {list(kernel_sizes)}")
+    return excitation
+
+
 class CTNet(nn.Module):
     """CT-Net on a torchvision ResNet-50/101 trunk (see the module docstring for kwargs)."""
 
@@ -171,28 +202,10 @@ class CTNet(nn.Module):
         freeze: str = "none",
     ):
         super().__init__()
-        if freeze not in FREEZE_CHOICES:
-            raise VidactError(f"freeze: unknown {freeze!r}; use one of {', '.join(FREEZE_CHOICES)}")
-        if depth not in STAGE_DEPTHS:
-            raise VidactError(f"CT-Net depth {depth} is not supported; use 50 or 101")
-        if module not in MODULES:
-            raise VidactError(f"module: unknown {module!r}; use one of {', '.join(MODULES)}")
-        excitation = excitation if excitation is not None else ("te" if module == "ct" else "none")
-        if excitation not in EXCITATIONS:
-            raise VidactError(f"excitation: unknown {excitation!r}; use one of {EXCITATIONS}")
-        if connection not in CONNECTIONS:
-            raise VidactError(f"connection: unknown {connection!r}; use one of {CONNECTIONS}")
-        if num_classes < 1 or num_frames < 1 or not 0.0 <= dropout < 1.0:
-            raise VidactError(
-                f"CT-Net needs num_classes >= 1, num_frames >= 1 and 0 <= dropout < 1; got "
-                f"{num_classes}, {num_frames}, {dropout}"
-            )
-        if num_subdims < 1 or te_reduction < 1:
-            raise VidactError(
-                f"num_subdims and te_reduction must be >= 1, got {num_subdims}, {te_reduction}"
-            )
-        if kernel_sizes is not None and any(k < 1 or k % 2 == 0 for k in kernel_sizes):
-            raise VidactError(f"kernel_sizes must be odd and positive, got {list(kernel_sizes)}")
+        excitation = _check_options(
+            num_classes, depth, num_frames, dropout, module, excitation, connection,
+            num_subdims, te_reduction, kernel_sizes, freeze,
+        )  # fmt: skip
         self.depth, self.num_frames, self.channels_last = depth, num_frames, channels_last
         self.ct_blocks = ct_block_indices(STAGE_DEPTHS[depth], ct_blocks)
 

@@ -290,9 +290,4 @@ def repflow_resnet(
     )  # fmt: skip
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (learnable or not) of ``model``."""
-    return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["ARCHS", "POSITIONS", "RepFlowResNet", "count_parameters", "repflow_resnet"]
+__all__ = ["ARCHS", "POSITIONS", "RepFlowResNet", "repflow_resnet"]
