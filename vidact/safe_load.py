@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy._core.multiarray import _reconstruct
 
 from vidact.errors import VidactError
+
+# numpy's array-unpickling function, found through the public pickle protocol: its module
+# is numpy._core.multiarray on numpy 2 and numpy.core.multiarray on numpy 1.
+_reconstruct: Callable[..., Any] = np.zeros(0).__reduce__()[0]  # type: ignore[assignment]
 
 # Exactly what an older vidact checkpoint needs beyond plain data: its numpy RNG state, a
 # uint32 array (the allowlist of torch's documentation for numeric arrays).
