@@ -114,7 +114,9 @@ def _write_unit(
             size += flow_bytes
         if extra_step is not None and tmp is not None:
             size += extra_step(job, tmp)
-    return VideoResult(job.key, "done", count, size, flow_pairs=pairs)
+    return VideoResult(
+        job.key, "done", count, size, flow_pairs=pairs, warning=frames_source.warning
+    )
 
 
 def _prepare(
