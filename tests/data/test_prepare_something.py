@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import frame_index_of
-from tests.data.fake_datasets import image_count, make_sthv1, make_sthv2
+from tests.data.fake_datasets import image_count, make_sthv1, make_sthv2, read_jsonl
 from vidact.cli import app
 from vidact.data import video
 from vidact.data.class_order import read_class_info
@@ -172,3 +172,28 @@ def test_sthv2_unknown_template_is_reported(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("Pushing [something]", "Shoving [something]"))
     with pytest.raises(VidactError, match="1 templates are not in .*Shoving something"):
         prepare("sthv2", data.videos, data.annotations, tmp_path / "out", mode="none")
+
+
+def test_sthv1_bad_frames_fail_their_video_and_gaps_are_warnings(tmp_path: Path) -> None:
+    data = make_sthv1(tmp_path / "s1", {"train": 2, "val": 1})
+    ids = sorted(data.frames)
+    empty, cut, gap = (data.videos / video_id for video_id in ids[:3])
+    (empty / "00002.jpg").write_bytes(b"")
+    (cut / "00003.jpg").write_bytes((cut / "00003.jpg").read_bytes()[:100])
+    (gap / "00003.jpg").unlink()
+    out = tmp_path / "out"
+    summary = prepare("sthv1", data.videos, data.annotations, out, workers=0)  # byte copies
+    assert summary.failed == 2 and summary.done == 7
+    failures = {row["key"]: row["reason"] for row in read_jsonl(out / "failures.jsonl")}
+    assert "frame 00002.jpg is empty (0 bytes)" in failures[empty.name]
+    assert "frame 00003.jpg is a JPEG cut short (no end marker)" in failures[cut.name]
+    warned = [note for note in summary.notes if "prepared with a warning: 1" in note]
+    assert warned and f"{gap.name}: 1 images missing from the numbering (00003.jpg)" in warned[0]
+    samples = {Path(s.path).name: s for s in load_manifest(out / "train.jsonl")}
+    samples |= {Path(s.path).name: s for s in load_manifest(out / "val.jsonl")}
+    assert empty.name not in samples and cut.name not in samples
+    assert samples[gap.name].num_frames == data.frames[gap.name] - 1
+    frames = video.read_all_frames(out / samples[gap.name].path)
+    assert [frame_index_of(f) for f in frames] == [0, 1, *range(3, data.frames[gap.name])]
+    resized = prepare("sthv1", data.videos, data.annotations, tmp_path / "o2", short_side=24)
+    assert resized.failed == 2  # decoded and re-encoded, the same two are refused
