@@ -124,3 +124,16 @@ def test_finetune_and_resume_refuse_a_checkpoint_of_another_class_order(
         train(recipe, resume=str(checkpoint))
     assert not (tmp_path / "runs").exists()  # refused before the run folder was made
     check_checkpoint_file(None, root / "labels.txt", "finetune")  # nothing to check
+
+
+def test_finetuning_from_a_file_without_class_names_checks_only_a_kept_classifier(
+    tmp_path: Path,
+) -> None:
+    label_map = _dataset(tmp_path / "d", FILE)  # Sth-V1 in the labels file's order
+    kinetics = tmp_path / "k400.pth"
+    torch.save({"state_dict": {"module.new_fc.weight": torch.zeros(400, 8)}}, kinetics)
+    check_checkpoint_file(kinetics, label_map, "finetune")  # 400 -> 3 classes: a new head
+    released = tmp_path / "sthv1.pth"
+    torch.save({"state_dict": {"module.new_fc.weight": torch.zeros(3, 8)}}, released)
+    with pytest.raises(VidactError, match="prepare it again with --class-order sorted"):
+        check_checkpoint_file(released, label_map, "finetune")  # its head is kept

@@ -140,8 +140,24 @@ def check_checkpoint_classes(
     )
 
 
+def _classifier_rows(state: Any) -> set[int]:
+    """The output counts of what look like classifiers in a file without class names
+    (`fc`, `new_fc`, `classifier`, `head` weights, DataParallel prefix or not)."""
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    tensors = state.get("model", state) if isinstance(state, dict) else {}
+    ends = ("fc.weight", "classifier.weight", "head.weight")
+    return {
+        int(value.shape[0])
+        for key, value in (tensors.items() if isinstance(tensors, dict) else [])
+        if str(key).endswith(ends) and getattr(value, "ndim", 0) == 2
+    }
+
+
 def check_checkpoint_file(checkpoint: str | Path | None, label_map: str | Path, use: Use) -> None:
-    """`check_checkpoint_classes` for a checkpoint file (its stored class names, if any)."""
+    """`check_checkpoint_classes` for a checkpoint file (its stored class names, if any).
+    A file without class names is fine-tuned from without a check unless its classifier
+    has the dataset's class count (then it is kept, and its order matters)."""
     if checkpoint is None or not Path(label_map).is_file():
         return
     from vidact.safe_load import load_tensors_file
@@ -150,4 +166,7 @@ def check_checkpoint_file(checkpoint: str | Path | None, label_map: str | Path, 
     labels = state.get("labels") if isinstance(state, dict) else None
     if labels is not None and not isinstance(labels, list | tuple):
         labels = None
+    kept_head = len(read_label_map(label_map)) in _classifier_rows(state)
+    if labels is None and use == "finetune" and not kept_head:
+        return  # the classifier starts fresh: no order to keep
     check_checkpoint_classes(checkpoint, labels, label_map, use)
