@@ -10,6 +10,8 @@ at most `GIF_WIDTH` pixels wide: a GIF holds every frame uncompressed in time).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -41,15 +43,23 @@ def _frames(path: Path, num_frames: int, backend: str) -> Iterator[np.ndarray]:
         yield from read_frames(path, range(start, min(start + _READ_CHUNK, num_frames)), backend)
 
 
-def _draw(frame: np.ndarray, text: str) -> Image.Image:
-    """The frame with `text` in white on a dark band along its top edge."""
-    image = Image.fromarray(frame)
-    size = max(10, image.height // 18)
+@functools.lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
-        font: ImageFont.ImageFont | ImageFont.FreeTypeFont = ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one small bitmap font
-        font = ImageFont.load_default()
+        return ImageFont.load_default()
+
+
+def _draw(frame: np.ndarray, text: str) -> Image.Image:
+    """The frame with `text` in white on a dark band along its top edge (the font shrinks
+    until the text fits the width)."""
+    image = Image.fromarray(frame)
     draw = ImageDraw.Draw(image)
+    size = max(8, image.height // 18)
+    while size > 6 and draw.textlength(text, font=_font(size)) > image.width - 8:
+        size -= 1
+    font = _font(size)
     bottom = draw.textbbox((4, 2), text, font=font)[3]
     draw.rectangle((0, 0, image.width, bottom + 3), fill=(0, 0, 0))
     draw.text((4, 2), text, fill=(255, 255, 255), font=font)
@@ -58,19 +68,19 @@ def _draw(frame: np.ndarray, text: str) -> Image.Image:
 
 def _write_mp4(target: Path, images: Iterator[Image.Image], fps: float) -> None:
     import av
+    from av.video.stream import VideoStream
 
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    first = next(images)
+    width, height = first.width // 2 * 2, first.height // 2 * 2  # yuv420p: even sizes
     with atomic_path(target) as tmp, av.open(str(tmp), mode="w") as container:
-        stream = None
-        for image in images:
-            if stream is None:
-                stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                stream.width, stream.height = image.width // 2 * 2, image.height // 2 * 2
-                stream.pix_fmt = "yuv420p"
-            frame = av.VideoFrame.from_image(image.crop((0, 0, stream.width, stream.height)))
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        assert isinstance(stream, VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for image in itertools.chain([first], images):
+            frame = av.VideoFrame.from_image(image.crop((0, 0, width, height)))
             container.mux(stream.encode(frame))
-        if stream is not None:
-            container.mux(stream.encode())
+        container.mux(stream.encode())
 
 
 def _write_gif(target: Path, images: Iterator[Image.Image], fps: float) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +33,9 @@ from vidact.data.video import VideoInfo, probe, read_frames
 from vidact.data.views import build_views, view_boxes
 from vidact.engine import predict_outputs
 from vidact.engine.annotate import captions, write_annotated
-from vidact.engine.checkpoint import FORMAT, load_checkpoint
-from vidact.engine.evaluator import Member, load_member
+from vidact.engine.evaluator import Member
 from vidact.engine.predict_inputs import find_videos
+from vidact.engine.trained import load_trained
 from vidact.errors import VidactError, VideoReadError
 
 __all__ = ["PredictResult", "VideoPrediction", "Windows", "predict", "rank"]
@@ -88,17 +89,10 @@ def rank(scores: np.ndarray, log_probs: np.ndarray, k: int) -> list[int]:
 
 
 def _load(
-    checkpoint: Path, settings: dict[str, object], use_ema: bool | None,
+    checkpoint: Path, settings: dict[str, Any], use_ema: bool | None,
     overrides: tuple[str, ...], recipe: Path | None,
 ) -> Member:  # fmt: skip
-    if recipe is None:
-        state = load_checkpoint(checkpoint)
-        if state.get("format") != FORMAT or "recipe" not in state or "labels" not in state:
-            raise VidactError(
-                f"{checkpoint}: not a vidact checkpoint (no recipe or class names inside); "
-                "give a checkpoint written by `vidact train`, or a recipe with --recipe"
-            )
-    member = load_member(checkpoint, settings, use_ema, overrides, recipe)
+    member = load_trained(checkpoint, settings, use_ema, overrides, recipe)
     if member.spec.modality != "rgb":
         raise VidactError(
             f"{checkpoint}: model '{member.recipe.model.name}' reads {member.spec.modality} "
