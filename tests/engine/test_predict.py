@@ -37,15 +37,16 @@ FPS = 25.0
 
 
 def save_tiny_checkpoint(path: Path, root: Path, **changes: object) -> Path:
-    """A tiny_test_net checkpoint as `vidact train` writes one (seeded random weights;
-    BN running statistics moved off their defaults so that they matter)."""
+    """A checkpoint as `vidact train` writes one, of tiny_test_net unless `changes` say
+    (seeded random weights; BN running statistics moved off their defaults)."""
     recipe = make_recipe(root, path.parent / "runs", **changes)
     labels = read_label_map(root / "labels.txt")
     torch.manual_seed(0)
     model = build_model_for(recipe, len(labels))
-    bn = model.features[1]
-    bn.running_mean.uniform_(-0.2, 0.2)
-    bn.running_var.uniform_(0.5, 2.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
     state = {"model": model.state_dict(), "recipe": recipe.model_dump(), "labels": labels}
     save_checkpoint(path, state)
     return path
