@@ -132,6 +132,12 @@ def test_sliding_windows_equal_a_literal_computation(
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # lines, text: not blank
 
 
+def test_the_library_call_is_vidact_predict() -> None:
+    import vidact
+
+    assert vidact.predict is predict
+
+
 def test_rank_breaks_softmax_ties_by_log_probability() -> None:
     scores = np.array([0.0, 1.0, 0.0, 0.0])  # saturated: three classes tie at 0
     log_probs = np.array([-40.0, 0.0, -25.0, -60.0])
