@@ -14,6 +14,7 @@ import typer
 
 from vidact import console
 from vidact.cli.app import app, user_errors
+from vidact.cli.options import CheckpointSetOption, EmaOption, ReleasedRecipeOption
 
 EXIT_PARITY_FAILED = 1
 
@@ -34,17 +35,9 @@ def export_command(
         Path | None,
         typer.Option("--out", "-o", help="Output folder (default <run folder>/export)."),
     ] = None,
-    ema: Annotated[
-        bool | None, typer.Option("--ema/--no-ema", help="Export the EMA weights when present.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a key of the checkpoint's recipe."),
-    ] = None,
-    recipe: Annotated[
-        Path | None,
-        typer.Option(help="Recipe for a checkpoint without one (the authors' released files)."),
-    ] = None,
+    ema: EmaOption = None,
+    set_: CheckpointSetOption = None,
+    recipe: ReleasedRecipeOption = None,
 ) -> None:
     """Export a checkpoint's model (eval mode) and check it against eager PyTorch.
 

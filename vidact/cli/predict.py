@@ -15,6 +15,7 @@ import typer
 
 from vidact import console
 from vidact.cli.app import app, user_errors
+from vidact.cli.options import CheckpointSetOption, CropsOption, EmaOption, ReleasedRecipeOption
 
 EXIT_SOME_FAILED = 1
 
@@ -63,9 +64,7 @@ def predict_command(
     clips: Annotated[
         int | None, typer.Option(min=1, help="Temporally uniform clips per video (window).")
     ] = None,
-    crops: Annotated[
-        str | None, typer.Option(help="1 (centre), 3 (along the long side), 10, or random:K.")
-    ] = None,
+    crops: CropsOption = None,
     window: Annotated[
         float | None, typer.Option(help="Score sliding windows of this many seconds.")
     ] = None,
@@ -86,17 +85,9 @@ def predict_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (written nowhere else).")
     ] = Path("predictions"),
-    ema: Annotated[
-        bool | None, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a key of the checkpoint's recipe."),
-    ] = None,
-    recipe: Annotated[
-        Path | None,
-        typer.Option(help="Recipe for a checkpoint without one (the authors' released files)."),
-    ] = None,
+    ema: EmaOption = None,
+    set_: CheckpointSetOption = None,
+    recipe: ReleasedRecipeOption = None,
 ) -> None:
     """Predict the actions of videos: the top classes by name, with their scores.
 

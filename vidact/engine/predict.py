@@ -243,6 +243,28 @@ def _predict_video(
     return prediction
 
 
+def _predict_all(
+    result: PredictResult, member: Member, videos: list[tuple[Path, str]], options: _Options,
+    device: torch.device,
+) -> None:  # fmt: skip
+    """Predict every (video, file stem) into `result`, a progress bar over the videos (a
+    log line per video where no bar is drawn: a pipe, a batch job's log)."""
+    names = result.class_names
+    with console.progress_task("predicting", total=len(videos)) as advance:
+        for number, (path, stem) in enumerate(videos, start=1):
+            try:
+                prediction = _predict_video(member, path, names, options, stem, device)
+            except VideoReadError as exc:
+                result.failed.append((str(path), exc.reason))
+                console.warn(f"skipped {path}: {exc.reason}")
+            else:
+                result.videos.append(prediction)
+                if not console.progress_drawn():
+                    _, name, score = prediction.top[0]
+                    console.info(f"[{number}/{len(videos)}] {path}: {name} ({score:.3f})")
+            advance(status=f"{len(result.failed)} failed" if result.failed else "")
+
+
 def predict(
     checkpoint: Path,
     inputs: list[Path],
@@ -281,16 +303,11 @@ def predict(
     result = PredictResult(out_dir, Path(checkpoint), names, member.spec.describe(),
                            member.eval.average, failed=failed)  # fmt: skip
     stems = predict_outputs.unique_stems([str(v) for v in videos])
-    with console.progress_task("predicting", total=len(videos)) as advance:
-        for path, stem in zip(videos, stems, strict=True):
-            try:
-                result.videos.append(_predict_video(member, path, names, options, stem, device))
-            except VideoReadError as exc:
-                result.failed.append((str(path), exc.reason))
-                console.warn(f"skipped {path}: {exc.reason}")
-            advance(status=f"{len(result.failed)} failed" if result.failed else "")
-    result.files = predict_outputs.write_predictions(
-        out_dir, result.videos, result.failed, result.views
-    )
+    try:
+        _predict_all(result, member, list(zip(videos, stems, strict=True)), options, device)
+    finally:  # also on Ctrl-C: what is predicted is written
+        result.files = predict_outputs.write_predictions(
+            out_dir, result.videos, result.failed, result.views
+        )
     result.seconds = time.perf_counter() - start_time
     return result
