@@ -113,6 +113,8 @@ def test_onnx_missing_says_how_to_install(
     shown = runner.invoke(app, ["export", str(tiny_checkpoint), "-f", "onnx", "-o", str(tmp_path)])
     assert shown.exit_code == 2 and "pip install 'vidact[onnx]'" in shown.output
     assert not list(tmp_path.iterdir())  # nothing written
+    shown = runner.invoke(app, ["export", "--help"])
+    assert "pip install 'vidact[onnx]'" in shown.output and "Examples" in shown.output
 
 
 def test_refuses_what_is_not_a_vidact_checkpoint(tmp_path: Path) -> None:

@@ -41,10 +41,11 @@ def export_command(
 ) -> None:
     """Export a checkpoint's model (eval mode) and check it against eager PyTorch.
 
-    Writes <checkpoint>.torchscript.pt or <checkpoint>.onnx and a JSON beside it (input
-    layout and size, frames, mean/std, class names, the parity check). The exported file is
-    run (TorchScript / onnxruntime) on a random clip beside the eager model; a max abs
-    difference above 1e-4 exits with code 1. ONNX needs `pip install 'vidact[onnx]'`.
+    Writes <checkpoint>.torchscript.pt or <checkpoint>.onnx and a JSON beside it:
+    input layout and size, frames, mean/std, class names, the parity check. The
+    written file is run (TorchScript / onnxruntime) on a random clip beside the
+    eager model; a max abs difference above 1e-4 exits with code 1, a user error
+    with 2. ONNX needs the extra: pip install 'vidact\\[onnx]'.
 
     Examples:
       vidact export runs/quickstart/20250101-120000/checkpoints/best.pt

@@ -91,11 +91,12 @@ def predict_command(
 ) -> None:
     """Predict the actions of videos: the top classes by name, with their scores.
 
-    The recipe inside the checkpoint fixes the input size, frames and normalisation;
-    views are those of `evaluate`. Writes predictions.jsonl and predictions.csv; with
-    --window, windows/<video>.windows.json and windows/<video>.timeline.png; with
-    --annotate, annotated/<video>.mp4 (or .gif). Exit code 0: all predicted, 1: some
-    inputs failed (the rest are predicted), 2: nothing could be done (see the message).
+    The recipe inside the checkpoint fixes the input size, frames and
+    normalisation; views are those of `evaluate`. Writes predictions.jsonl and
+    predictions.csv; with --window, windows/<video>.windows.json and
+    windows/<video>.timeline.png; with --annotate, annotated/<video>.mp4 (.gif).
+    Exit code 0: all predicted; 1: some inputs failed (the rest are predicted);
+    2: nothing could be done (the message says why).
 
     Examples:
       vidact predict runs/quickstart/20250101-120000/checkpoints/best.pt clip.mp4
