@@ -252,6 +252,28 @@ def test_not_a_vidact_checkpoint(tmp_path: Path, long_video: Path) -> None:
 # ------------------------------------------------------------------------------- CLI
 
 
+def test_the_readme_commands_run(
+    checkpoint: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's predict and export lines, on the tiny checkpoint and the test dataset."""
+    readme = Path(__file__).parents[2] / "README.md"
+    lines = [
+        line.partition("#")[0].split()
+        for line in readme.read_text().splitlines()
+        if line.startswith(("vidact predict ", "vidact export "))
+    ]
+    assert len(lines) >= 3
+    monkeypatch.chdir(tmp_path)
+    for words in lines:
+        args = [
+            str(checkpoint) if w == "runs/quickstart/<run>/checkpoints/best.pt"
+            else w.replace("data/quickstart", str(synthetic_root))
+            for w in words[1:]
+        ]  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (words, result.output)
+
+
 def test_cli_table_files_and_exit_codes(checkpoint: Path, long_video: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     ok = runner.invoke(app, ["predict", str(checkpoint), str(long_video), "-k", "2",
