@@ -66,8 +66,9 @@ def export_command(
     console.summary_table(
         "export",
         [
-            ("model", str(result.model_file)),
-            ("settings", str(result.info_file)),
+            ("folder", str(result.model_file.parent)),
+            ("model", result.model_file.name),
+            ("settings", result.info_file.name),
             ("input", "x".join(str(d) for d in result.input_shape) + " (N, C, T, H, W)"),
             ("parity", parity),
             ("time", f"{result.seconds:.1f} s"),
