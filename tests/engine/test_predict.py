@@ -194,6 +194,9 @@ def test_find_videos_walks_folders(tmp_path: Path, long_video: Path) -> None:
     assert videos == [tmp_path / "a" / "b" / "x.avi", folder, long_video]
     assert failed[0][0] == str(tmp_path / "empty") and "no video files" in failed[0][1]
     assert find_videos([folder]) == ([folder], [])
+    write_video(tmp_path / "a" / "out" / "annotated" / "y.mp4", numbered_frames(4))
+    (tmp_path / "a" / ".x.tmp.mp4").write_bytes(b"")  # an atomic write's temporary file
+    assert find_videos([tmp_path / "a"], skip=tmp_path / "a" / "out")[0] == videos[:2]
 
 
 def test_frame_folders_need_fps_for_windows(checkpoint: Path, tmp_path: Path) -> None:

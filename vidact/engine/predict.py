@@ -293,10 +293,10 @@ def predict(
     settings = {k: v for k, v in {"clips": clips, "crops": crops}.items() if v is not None}
     member = _load(Path(checkpoint), settings, use_ema, tuple(overrides), recipe)
     names = _class_names(member, classes)
-    videos, failed = find_videos([Path(p) for p in inputs])
+    out_dir = Path(out) if out is not None else Path("predictions")
+    videos, failed = find_videos([Path(p) for p in inputs], skip=out_dir)
     if not videos and not failed:
         raise VidactError("give at least one video, frame folder or folder of videos")
-    out_dir = Path(out) if out is not None else Path("predictions")
     options = _Options(min(top_k, len(names)), window, stride, fps, annotate, out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     member.model.to(device)

@@ -22,24 +22,35 @@ def is_frame_folder(folder: Path) -> bool:
     return (folder / FRAME_TEMPLATE.format(1)).is_file()
 
 
-def _walk(folder: Path) -> list[Path]:
-    """Video files and frame folders under `folder`, in name order."""
+def _walk(folder: Path, skip: Path | None) -> list[Path]:
+    """Video files and frame folders under `folder`, in name order; hidden entries (a
+    temporary file of an atomic write) and the folder `skip` (predict's own output, with
+    its annotated videos) are left out."""
     found: list[Path] = []
+    skipped = skip.resolve() if skip is not None else None
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
         here = Path(root)
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and (here / d).resolve() != skipped
+        )
         frame_dirs = [d for d in dirs if is_frame_folder(here / d)]
         found += [here / d for d in frame_dirs]
-        dirs[:] = [d for d in dirs if d not in frame_dirs and not d.startswith(".")]
-        found += [here / f for f in sorted(files) if Path(f).suffix.lower() in VIDEO_EXTENSIONS]
+        dirs[:] = [d for d in dirs if d not in frame_dirs]
+        found += [
+            here / f
+            for f in sorted(files)
+            if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_EXTENSIONS
+        ]
     return sorted(found)
 
 
-def find_videos(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+def find_videos(
+    inputs: list[Path], skip: Path | None = None
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """(videos in input order, [(input, reason)] for inputs that name no video).
 
     A file is taken as a video whatever its extension (the reader says if it is not one);
-    a video named twice is predicted once."""
+    a video named twice is predicted once; folders are searched without entering `skip`."""
     videos: list[Path] = []
     failed: list[tuple[str, str]] = []
     seen: set[Path] = set()
@@ -48,7 +59,7 @@ def find_videos(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
         if path.is_file():
             found = [path]
         elif path.is_dir():
-            found = [path] if is_frame_folder(path) else _walk(path)
+            found = [path] if is_frame_folder(path) else _walk(path, skip)
             if not found:
                 extensions = " ".join(VIDEO_EXTENSIONS)
                 reason = f"no video files ({extensions}) or frame folders in this folder"
