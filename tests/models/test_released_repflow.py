@@ -245,19 +245,20 @@ def test_mismatches_are_one_clear_line(released: tuple[ResNet3D, Path]) -> None:
         build_model("repflow_released_r50", 7).eval()(torch.zeros(1, 3, 10, 32, 32))
 
 
-def test_evaluate_their_checkpoint_with_a_recipe(synthetic_root: Path, tmp_path: Path) -> None:
+def test_evaluate_their_checkpoint_with_the_shipped_recipe(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """The docs' one command, on a tiny dataset: the recipe's input scaling and batch 1."""
     _, path = _saved_reference(tmp_path, classes=4)
-    recipe = {
-        "name": "released",
-        "model": {"name": "repflow_released_r50"},
-        "data": {"root": str(synthetic_root), "num_frames": 12, "sampler": "dense",
-                 "short_side": 32, "input_size": 32, "num_workers": 0,
-                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-    }  # fmt: skip
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe))
+    recipe = Path(__file__).parents[2] / "recipes" / "repflow_released_kinetics400.yaml"
     out = tmp_path / "eval"
-    args = ["evaluate", str(path), "--recipe", str(recipe_path), "--out", str(out)]
-    result = CliRunner().invoke(app, args)
+    sets = [f"data.root={synthetic_root}", "data.num_frames=12", "data.short_side=32",
+            "data.input_size=32", "data.num_workers=0"]  # fmt: skip
+    args = ["evaluate", str(path), "--recipe", str(recipe), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, *(x for s in sets for x in ("--set", s))])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["videos"] == 4
+    loaded = yaml.safe_load(recipe.read_text())
+    assert loaded["data"]["mean"] == list(ReleasedRepFlowNet.released_input["mean"])  # type: ignore[call-overload]
+    assert loaded["data"]["std"] == list(ReleasedRepFlowNet.released_input["std"])  # type: ignore[call-overload]
+    assert loaded["eval"]["batch_size"] == 1
