@@ -675,10 +675,13 @@ class FlowBlock(nn.Module):
 def flow_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """The learnable parameters of every ``RepresentationFlow`` in ``model`` (tau, lambda,
     theta, divergence and Sobel kernels, whichever are learned); nothing for other models.
-    The trainer gives them lr = ``FLOW_LR_SCALE`` x base lr (appendix A)."""
+    The trainer gives them lr = ``FLOW_LR_SCALE`` x base lr (appendix A). A module with a
+    ``lr_scaled_flow_parameters()`` method (the released flow layer) names its own."""
     for module in model.modules():
         if isinstance(module, RepresentationFlow):
             yield from (p for p in module.parameters(recurse=False) if p.requires_grad)
+        elif callable(own := getattr(module, "lr_scaled_flow_parameters", None)):
+            yield from (p for p in own() if p.requires_grad)
 
 
 __all__ = [
