@@ -26,6 +26,7 @@ from vidact.models.released_repflow import (
     same_pad,
     stage_kernels,
 )
+from vidact.models.rep_flow import flow_parameters
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -154,6 +155,18 @@ def test_the_flow_layer_sits_after_res3_on_512_channels() -> None:
         assert model(torch.randn(1, 3, 16, 32, 32)).shape == (1, 5)
     # stem VALID: 16 -> 5 frames, 32 -> 13 px; SAME pool: 3 frames, 7 px; res3: 4 px
     assert seen == [(1, 512, 3, 4, 4)]
+
+
+def test_the_flow_lr_group_is_their_list() -> None:
+    """train_model.py: img_grad(2), f_grad(2), t, l, a at 0.01 x lr; div, div2 not."""
+    with torch.device("meta"):
+        model = build_model("repflow_released_r50", 7)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scaled = sorted(names[id(p)] for p in flow_parameters(model))
+    assert scaled == sorted(
+        f"flow.{n}" for n in ("image_grad_x", "image_grad_y", "grad_x", "grad_y", "lam", "tau",
+                              "theta")
+    )  # fmt: skip
 
 
 def _saved_reference(folder: Path, classes: int = 7, prefix: str = "") -> tuple[ResNet3D, Path]:

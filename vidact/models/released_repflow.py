@@ -256,6 +256,13 @@ class ReleasedFlowLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"iterations={self.iterations}, checkpoint={self.checkpoint}"
 
+    def lr_scaled_flow_parameters(self) -> list[nn.Parameter]:
+        """What their train_model.py trains at 0.01 x lr (`rep_flow.flow_parameters` finds
+        them): the image-gradient and grad u kernels and t, l, a; div and div2 are not in
+        their list and keep the base lr."""
+        names = ("image_grad_x", "image_grad_y", "grad_x", "grad_y", "theta", "lam", "tau")
+        return [getattr(self, name) for name in names]
+
     def _terms(self, f1: Tensor, f2: Tensor) -> _Terms:
         gx, gy = image_gradient(f1, f2, self.image_grad_x, self.image_grad_y)
         return _Terms(
