@@ -13,6 +13,7 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
+from tests.models.reference_flow import reference_flow_of
 from tests.models.released_repflow_reference import FlowLayer, ResNet3D, SamePadding, randomize
 from vidact.cli import app
 from vidact.engine.checkpoint import load_checkpoint, load_matching
@@ -23,10 +24,11 @@ from vidact.models.released_repflow import (
     ReleasedFlowLayer,
     ReleasedRepFlowNet,
     flipped_range,
+    image_gradient,
     same_pad,
     stage_kernels,
 )
-from vidact.models.rep_flow import flow_parameters
+from vidact.models.rep_flow import RepresentationFlow, flow_parameters
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -275,3 +277,46 @@ def test_evaluate_their_checkpoint_with_the_shipped_recipe(
     assert loaded["data"]["mean"] == list(ReleasedRepFlowNet.released_input["mean"])  # type: ignore[call-overload]
     assert loaded["data"]["std"] == list(ReleasedRepFlowNet.released_input["std"])  # type: ignore[call-overload]
     assert loaded["eval"]["batch_size"] == 1
+
+
+# --------------------------------------------- the released image gradient in vidact's layer
+def _feature_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(6)
+    f1 = torch.rand(2, 3, 9, 11, generator=g, dtype=torch.float64) * 255
+    f2 = (f1 + torch.randn(2, 3, 9, 11, generator=g, dtype=torch.float64) * 20).clamp(0, 255)
+    return f1, f2
+
+
+def test_central_image_gradient_is_the_released_one_per_channel() -> None:
+    """RepresentationFlow(image_grad="central") uses their image gradient in its grouped
+    form: the released layer's with channel-diagonal kernels."""
+    f1, f2 = _feature_pair()
+    eye = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)
+    kx = eye * torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64).view(1, 1, 1, 3)
+    gx, gy = image_gradient(f1, f2, kx, kx.transpose(2, 3))
+    layer = RepresentationFlow(image_grad="central").double()
+    terms = layer._terms(f1.reshape(6, 1, 9, 11), f2.reshape(6, 1, 9, 11))
+    torch.testing.assert_close(terms.grad_f2.reshape(2, 3, 2, 9, 11), torch.stack([gx, gy], 2))
+
+
+@pytest.mark.parametrize("learn", [("divergence", "tvl1"), "tvl1"])
+def test_fast_layer_with_the_central_gradient_matches_the_literal_algorithm(
+    learn: str | tuple[str, ...],
+) -> None:
+    """The hand-written backward carries over: forward and gradients wrt F1, F2 and every
+    learnable parameter against reference_flow with the released image gradient."""
+    f1, f2 = (t.requires_grad_() for t in _feature_pair())
+    layer = RepresentationFlow(iterations=5, learn=learn, image_grad="central").double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    out, ref = layer(f1, f2), reference_flow_of(layer, f1, f2)
+    torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-9)
+    weights = torch.randn_like(out)
+    inputs = [f1, f2, *layer.parameters()]
+    got = torch.autograd.grad((out * weights).sum(), inputs)
+    want = torch.autograd.grad((ref * weights).sum(), inputs)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().max().item())
+    with pytest.raises(VidactError, match="image_grad='prewitt' must be one of"):
+        RepresentationFlow(image_grad="prewitt")
