@@ -8,9 +8,10 @@ so that the file loads (`model.weights: rep_flow.pt`, mapped by `vidact.models.r
 and gives their logits. Read from their code (not the issue's summary), in their order:
 
 Trunk (the non-local paper's ResNet-50 in TensorFlow style):
-- stem: 7x7x7 conv, stride 2, *no* padding ("VALID"; the issue says SAME: their stem conv
-  has `padding=0` and no SamePadding before it), BN with eps 1e-3 and momentum 0.01, ReLU,
-  then TF "SAME" zero padding and a 3x3x3 stride-2 max pool;
+- stem: 7x7x7 conv, stride 2, *no* padding ("VALID": their stem conv has `padding=0` and
+  no SamePadding before it, unlike every other conv; issue 19's "SAME" does not single it
+  out), BN with eps 1e-3 and momentum 0.01, ReLU, then TF "SAME" zero padding and a
+  3x3x3 stride-2 max pool;
 - bottlenecks: a temporal (kt,1,1) conv first, then the spatial (1,3,3) conv (which carries
   the stride), then 1x1x1 to 4x the width, each with BN; all with TF "SAME" padding (odd
   totals put the extra row/column at the end). Within a stage the first two blocks have
@@ -34,7 +35,8 @@ by 10 TV-L1 iterations whose every kernel mixes all 32 channels:
   both directions are vertical (`f_grad2 = f_grad`, `div2 = div` at their init, both of
   shape (2, 1)), so the smoothing acts along the height only. grad u is the forward
   difference with 0 on the last row; div p is applied to p shifted down one row (its last
-  row dropped, a zero row on top);
+  row dropped, a zero row on top), i.e. a backward difference (the issue calls both
+  forward differences);
 - 1e-12 added to rho, to |grad F2|^2 and under the square root of Eq. 5; theta, lambda,
   tau (their t, l, a) learnable, initially 0.3, 0.15, 0.25;
 - the flow (u_1 of all 32 channels, then u_2) -> 1x1x1 conv 64 -> 512 (no bias), BN
