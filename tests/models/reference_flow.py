@@ -23,6 +23,8 @@ Conventions (the same as the fast layer's, stated by its docstring):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -73,11 +75,13 @@ def reference_flow(
     grad_y: Tensor | None = None,
     sobel_scale: float = 1.0,
     eps: float = 1e-12,
+    image_gradient: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
     """Algorithm 1 for every channel of (B, C, H, W) inputs -> (B, 2C, H, W) = [u_x, u_y]
     per channel. ``div_x``/``div_y`` hold the two taps [w0, w1]; ``sobel_scale`` multiplies
     the printed Sobel kernels (1/8 gives flow in pixels); ``grad_x``/``grad_y``: the taps
-    of grad u's forward difference, or None for grad u by Eq. 10's Sobel kernels."""
+    of grad u's forward difference, or None for grad u by Eq. 10's Sobel kernels;
+    ``image_gradient(F1, F2) -> (gx, gy)`` replaces Eq. 8 (for ``image_grad="central"``)."""
     kx, ky = sobel_x * sobel_scale, sobel_y * sobel_scale
 
     def grad_u(u: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,9 +93,12 @@ def reference_flow(
     for c in range(f1.shape[1]):  # Algorithm 1 is defined for one channel
         F1 = f1[:, c]
         F2 = f2[:, c]
-        # Eq. 8: feature-map gradients of F2
-        gx = true_conv3x3(F2, kx)
-        gy = true_conv3x3(F2, ky)
+        # Eq. 8: feature-map gradients of F2 (or another image gradient of F1, F2)
+        if image_gradient is None:
+            gx = true_conv3x3(F2, kx)
+            gy = true_conv3x3(F2, ky)
+        else:
+            gx, gy = image_gradient(F1, F2)
         grad_sq = gx**2 + gy**2
         # u = 0, p = 0; rho_c = F2 - F1
         ux = torch.zeros_like(F1)
@@ -152,4 +159,20 @@ def reference_flow_of(layer: RepresentationFlow, f1: Tensor, f2: Tensor) -> Tens
         grad_x=layer.grad_x if forward else None,
         grad_y=layer.grad_y if forward else None,
         sobel_scale=1 / 8 if layer.normalize_sobel else 1.0,
+        image_gradient=central_gradient if layer.image_grad == "central" else None,
     )
+
+
+def central_gradient(f1: Tensor, f2: Tensor) -> tuple[Tensor, Tensor]:
+    """The released layer's image gradient, one channel: 0.5 (F2[j + 1] - F2[j - 1]) on F2
+    zero-padded, then the first / last column (row) overwritten with F1's one-sided
+    differences, as their code does it."""
+    px = torch.nn.functional.pad(f2, (1, 1))  # px[j + 1] = F2[j]
+    gx = 0.5 * (px[..., 2:] - px[..., :-2])
+    gx[..., 0] = 0.5 * (f1[..., 1] - f1[..., 0])
+    gx[..., -1] = 0.5 * (f1[..., -1] - f1[..., -2])
+    py = torch.nn.functional.pad(f2, (0, 0, 1, 1))
+    gy = 0.5 * (py[..., 2:, :] - py[..., :-2, :])
+    gy[..., 0, :] = 0.5 * (f1[..., 1, :] - f1[..., 0, :])
+    gy[..., -1, :] = 0.5 * (f1[..., -1, :] - f1[..., -2, :])
+    return gx, gy

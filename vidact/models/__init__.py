@@ -15,7 +15,13 @@ The model modules are imported at the bottom so that their names exist once
 from __future__ import annotations
 
 # Model families register their names on import.
-from vidact.models import baselines, ctnet, rep_flow_nets, small_cnn  # noqa: F401
+from vidact.models import (  # noqa: F401
+    baselines,
+    ctnet,
+    released_repflow,
+    rep_flow_nets,
+    small_cnn,
+)
 from vidact.models.registry import (
     ModelOptionError,
     build_model,

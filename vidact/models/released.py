@@ -40,9 +40,14 @@ from vidact.models.ct_module import CTModule, TSConv
 __all__ = [
     "channel_permutation",
     "ct_module_state",
+    "flow_layer_state",
     "is_released",
+    "is_released_repflow",
     "load_released",
+    "load_repflow_weights",
     "released_state",
+    "repflow_name",
+    "repflow_state",
     "split_weights",
 ]
 
@@ -62,8 +67,11 @@ def _clean(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def is_released(state: Mapping[str, Tensor]) -> bool:
-    """Whether `state` is in the authors' layout (`base_model.*` + `new_fc.*`)."""
+    """Whether `state` is in the authors' layout: CT-Net / TSN (`base_model.*` +
+    `new_fc.*`) or rep-flow's Kinetics model (`res2.blocks.*`, `rep_flow.*`)."""
     keys = _clean(state)
+    if is_released_repflow(keys):
+        return True
     return any(k.startswith("base_model.") for k in keys) and not any(
         k.startswith(("backbone.", "stem.", "stages.")) for k in keys
     )
@@ -236,6 +244,8 @@ def released_state(
     """The authors' checkpoint `state` (module docstring) as `model`'s state dict: a
     `CTNet` or a `TSN`. With `new_head`, a classifier of another class count is left out
     (fine-tuning); otherwise it is an error, as is any tensor left over or missing."""
+    if is_released_repflow(list(state)) or hasattr(model, "released_input"):
+        return repflow_state(state, model, new_head=new_head)
     if not hasattr(model, "ct_blocks") and not hasattr(model, "head"):
         raise VidactError(
             f"the authors' released checkpoints load into ctnet_resnet50/101 and "
@@ -332,3 +342,161 @@ def load_released(model: nn.Module, state: Mapping[str, Tensor], source: Weights
     except VidactError as exc:
         raise VidactError(f"{os.fspath(source) if source else 'weights'}: {exc}") from None
     model.load_state_dict(mapped)
+
+
+# ------------------------------------------------------------------- rep-flow's Kinetics model
+# Their kinetics_2p1d_model.resnet_3d_v1(50, 400) state dict (`models/rep_flow.pt`): `stem`,
+# `bn1`, `resS.blocks.B.layers.I` (I: 1 the (kt,1,1) conv, 2 its BN, 5 the (1,3,3) conv,
+# 6 its BN, 8 the 1x1x1 conv, 9 its BN; the SamePadding and ReLU modules hold nothing),
+# `resS.blocks.B.shortcut.{1,2,3}` (conv, BN, BN), `rep_flow.*` and `classify`.
+_REPFLOW_BLOCK = {"conv1": "layers.1", "bn1": "layers.2", "conv2": "layers.5",
+                  "bn2": "layers.6", "conv3": "layers.8", "bn3": "layers.9",
+                  "shortcut.0": "shortcut.1", "shortcut.1": "shortcut.2",
+                  "shortcut.2": "shortcut.3"}  # fmt: skip
+_REPFLOW_LAYER = {"reduce": "bottleneck", "expand": "unbottleneck", "bn": "bn",
+                  "image_grad_x": "img_grad", "image_grad_y": "img_grad2", "grad_x": "f_grad",
+                  "grad_y": "f_grad2", "div_x": "div", "div_y": "div2", "theta": "t",
+                  "lam": "l", "tau": "a"}  # fmt: skip
+
+
+def is_released_repflow(keys: list[str] | Mapping[str, Tensor]) -> bool:
+    """Whether the keys are those of the rep-flow authors' Kinetics model."""
+    names = [k.removeprefix("module.") for k in keys]
+    return any(k.startswith("rep_flow.") for k in names) and any(
+        k.startswith("res2.blocks.") for k in names
+    )
+
+
+def repflow_name(key: str) -> str:
+    """A `ReleasedRepFlowNet` state-dict key -> theirs (the comment above)."""
+    if key.startswith("stem_bn."):
+        return "bn1." + key.removeprefix("stem_bn.")
+    if key.startswith(("stem.", "classify.")):
+        return key
+    if key.startswith("flow."):
+        part, _, rest = key.removeprefix("flow.").partition(".")
+        return f"rep_flow.{_REPFLOW_LAYER[part]}{'.' + rest if rest else ''}"
+    match = re.fullmatch(r"stages\.(\d)\.(\d+)\.(shortcut\.\d|\w+)\.(\w+)", key)
+    if match is None or match[3] not in _REPFLOW_BLOCK:
+        raise VidactError(f"{key!r} has no counterpart in the released rep-flow layout")
+    stage, block, part, rest = int(match[1]), match[2], match[3], match[4]
+    return f"res{stage + 2}.blocks.{block}.{_REPFLOW_BLOCK[part]}.{rest}"
+
+
+def flow_layer_state(theirs: Mapping[str, Tensor], layer: nn.Module) -> dict[str, Tensor]:
+    """Their FlowLayer's state dict (keys `bottleneck.weight`, `img_grad`, `t`, ...) as a
+    `ReleasedFlowLayer`'s."""
+    out = {}
+    for key in layer.state_dict():
+        name = repflow_name(f"flow.{key}").removeprefix("rep_flow.")
+        if name not in theirs:
+            raise VidactError(f"the released flow layer has no {name} (for {key})")
+        out[key] = theirs[name]
+    return out
+
+
+def _repflow_depths(keys: list[str]) -> tuple[int, ...]:
+    depths = [0, 0, 0, 0]
+    for key in keys:
+        match = re.match(r"res([2-5])\.blocks\.(\d+)\.", key)
+        if match:
+            stage = int(match[1]) - 2
+            depths[stage] = max(depths[stage], int(match[2]) + 1)
+    return tuple(depths)
+
+
+def _check_repflow(theirs: Mapping[str, Tensor], model: nn.Module) -> None:
+    """One line for a file that is not their Kinetics model or a model that is not ours."""
+    if not hasattr(model, "released_input"):
+        raise VidactError(
+            "the rep-flow authors' Kinetics checkpoint (rep_flow.pt) loads into model.name: "
+            f"repflow_released_r50, not into a {type(model).__name__}"
+        )
+    if not is_released_repflow(list(theirs)):
+        raise VidactError(
+            "repflow_released_r50 loads the rep-flow authors' Kinetics state dict "
+            "(resS.blocks.*, rep_flow.*, classify.*); this file is in another layout"
+        )
+    from vidact.models.released_repflow import STAGE_DEPTHS
+
+    depths = _repflow_depths(list(theirs))
+    if depths != STAGE_DEPTHS:
+        raise VidactError(
+            f"the released checkpoint's 3D ResNet has {depths} blocks per stage; "
+            f"repflow_released_r50 is their resnet_3d_v1(50), {STAGE_DEPTHS}"
+        )
+    for key in ("rep_flow.bottleneck.weight", "classify.weight"):
+        if key not in theirs:
+            raise VidactError(f"the released checkpoint has no {key}; is it rep_flow.pt?")
+
+
+def repflow_state(
+    state: Mapping[str, Tensor], model: nn.Module, *, new_head: bool = False
+) -> dict[str, Tensor]:
+    """Their Kinetics state dict as a `ReleasedRepFlowNet`'s, every tensor checked; with
+    `new_head`, a classifier of another class count is left out (fine-tuning). BN
+    `num_batches_tracked` counters, which files of torch < 0.4.1 lack, keep the model's."""
+    theirs = _clean(state)
+    _check_repflow(theirs, model)
+    own = model.state_dict()
+    classes, want = theirs["classify.weight"].shape[0], own["classify.weight"].shape[0]
+    if classes != want and not new_head:
+        raise VidactError(
+            f"the released checkpoint classifies {classes} classes, the model {want}; use the "
+            f"Kinetics-{classes} label map (sorted class names) or fine-tune with "
+            "`vidact finetune --from`"
+        )
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for key, target in own.items():
+        name = repflow_name(key)
+        used.add(name)
+        if name.startswith("classify.") and classes != want:
+            continue  # a new head keeps its fresh initialisation
+        if name not in theirs:
+            if key.endswith("num_batches_tracked"):
+                continue
+            raise VidactError(f"the released checkpoint has no {name} (for {key})")
+        value = theirs[name]
+        if value.shape != target.shape:
+            raise VidactError(
+                f"the released checkpoint's {name} has shape {tuple(value.shape)}, the "
+                f"model's {key} {tuple(target.shape)}; it is another layout"
+            )
+        out[key] = value
+    left = sorted(set(theirs) - used)
+    if left:
+        raise VidactError(
+            f"the released checkpoint has {len(left)} tensors this model does not use "
+            f"({', '.join(left[:3])}{' ...' if len(left) > 3 else ''})"
+        )
+    return out
+
+
+def load_repflow_weights(model: nn.Module, weights: Weights) -> None:
+    """`model.weights` of repflow_released_r50: their rep_flow.pt (mapped) or a state
+    dict of this model (loaded as is); a torchvision name is refused."""
+    if weights is None:
+        return
+    if not _is_path(weights):
+        raise VidactError(
+            f"repflow_released_r50 has no torchvision weights ({os.fspath(weights)!r}); pass "
+            "the authors' rep_flow.pt or a state dict of this model, or leave weights unset"
+        )
+    state = state_dict_from(weights)  # weights_only: never runs code
+    try:
+        mapped = repflow_state(state, model) if is_released_repflow(list(state)) else state
+        missing = set(model.state_dict()) - set(mapped)
+        model.load_state_dict(mapped, strict=False)
+        extra = set(mapped) - set(model.state_dict())
+        real_missing = sorted(k for k in missing if not k.endswith("num_batches_tracked"))
+        if real_missing or extra:
+            raise VidactError(
+                f"its tensors do not fit repflow_released_r50 (missing {real_missing[:3]}, "
+                f"unexpected {sorted(extra)[:3]})"
+            )
+    except VidactError as exc:
+        raise VidactError(f"{os.fspath(weights)}: {exc}") from None
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise VidactError(f"{os.fspath(weights)}: {first}") from None

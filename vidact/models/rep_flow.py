@@ -77,6 +77,8 @@ DIV_Y = (-1.0, 1.0)  # Eq. 9, initial w_y (a column: top, bottom)
 GRAD_X = (-1.0, 1.0)  # grad u along x: taps on u[j], u[j + 1] (the released code's f_grad)
 GRAD_Y = (-1.0, 1.0)  # grad u along y: taps on u[i], u[i + 1]; both -adjoint of DIV_X/DIV_Y
 GRAD_U = ("forward", "sobel")  # grad u of Eq. 5: forward difference (default) or Eq. 10
+IMAGE_GRAD = ("sobel", "central")  # grad F2: Eq. 8 (default) or the released code's
+CENTRAL = 0.5  # the released code's image gradient: 0.5 (F[j + 1] - F[j - 1])
 # Initial tau, lambda, theta: the classic TV-L1 values (Zach, Pock & Bischof, DAGM 2007;
 # Sanchez, Meinhardt-Llopis & Facciolo, "TV-L1 Optical Flow Estimation", IPOL 2013; the
 # defaults of OpenCV's DualTVL1OpticalFlow), tuned for images in [0, 255] (section 3.2)
@@ -150,6 +152,22 @@ def _gradient_adjoint(grad: Tensor, like: Tensor) -> Tensor:
     padded = F.pad(dx, (2, 0, 0, 0)) - F.pad(dx, (0, 2, 0, 0))
     padded += F.pad(dy, (0, 0, 2, 0)) - F.pad(dy, (0, 0, 0, 2))
     return torch.ops.aten.replication_pad2d_backward(padded, like, [1, 1, 1, 1])
+
+
+def _central_gradient(f1: Tensor, f2: Tensor) -> Tensor:
+    """grad F2 as the authors' released layer computes it, per channel (their grouped
+    form): 0.5 (F2[j + 1] - F2[j - 1]) inside, and on the first / last column (row) the
+    one-sided difference of F1, 0.5 (F1[1] - F1[0]) / 0.5 (F1[-1] - F1[-2]) -> (..., 2, H, W)."""
+    gx = torch.cat(
+        [f1[..., 1:2] - f1[..., :1], f2[..., 2:] - f2[..., :-2], f1[..., -1:] - f1[..., -2:-1]],
+        dim=-1,
+    )
+    gy = torch.cat(
+        [f1[..., 1:2, :] - f1[..., :1, :], f2[..., 2:, :] - f2[..., :-2, :],
+         f1[..., -1:, :] - f1[..., -2:-1, :]],
+        dim=-2,
+    )  # fmt: skip
+    return torch.stack([gx, gy], dim=-3) * CENTRAL
 
 
 def _forward_difference(u: Tensor, fx: Tensor, fy: Tensor) -> Tensor:
@@ -411,6 +429,10 @@ class RepresentationFlow(nn.Module):
             docs/flow.md).
         normalize_sobel: True (default): Sobel / 8, flow in pixels; False: the printed
             kernels, grad F2 8x, flow in 1/8 px.
+        image_grad: grad F2 of Eq. 8: "sobel" (default, as printed) or "central", the
+            authors' released layer's central difference [-0.5, 0, 0.5] on F2 with F1's
+            one-sided differences on the border columns / rows (per channel; in pixels;
+            ``normalize_sobel`` does not apply to it).
         tau, lam, theta: initial values (default: the classic TV-L1 values above).
         checkpoint: with autograd, recompute each iteration in the backward pass (exact,
             bounded memory).
@@ -440,12 +462,16 @@ class RepresentationFlow(nn.Module):
         grad_x: Sequence[float] = GRAD_X,
         grad_y: Sequence[float] = GRAD_Y,
         compiled: bool | None = None,
+        image_grad: str = "sobel",
     ) -> None:
         super().__init__()
         if iterations < 1:
             raise VidactError(f"flow iterations={iterations} must be >= 1")
         if grad_u not in GRAD_U:
             raise VidactError(f"flow grad_u={grad_u!r} must be one of {GRAD_U}")
+        if image_grad not in IMAGE_GRAD:
+            raise VidactError(f"flow image_grad={image_grad!r} must be one of {IMAGE_GRAD}")
+        self.image_grad = image_grad
         self.iterations = iterations
         self.normalize_sobel = normalize_sobel
         self.grad_u = grad_u
@@ -502,9 +528,12 @@ class RepresentationFlow(nn.Module):
         kx = None if printed else self.sobel_x.to(dtype)
         ky = None if printed else self.sobel_y.to(dtype)
         scale = 1.0 / SOBEL_GAIN if self.normalize_sobel else 1.0
-        grad_f2 = _gradient(f2, kx, ky).reshape(m, 2, h, w)  # Eq. 8
-        if scale != 1.0:
-            grad_f2 = grad_f2 * scale
+        if self.image_grad == "central":  # the released code's, not Eq. 8
+            grad_f2 = _central_gradient(f1, f2).reshape(m, 2, h, w)
+        else:
+            grad_f2 = _gradient(f2, kx, ky).reshape(m, 2, h, w)  # Eq. 8
+            if scale != 1.0:
+                grad_f2 = grad_f2 * scale
         sq = (grad_f2 * grad_f2).sum(1, keepdim=True)
         theta = self.theta.to(dtype)
         forward = self.grad_u == "forward"
@@ -675,10 +704,13 @@ class FlowBlock(nn.Module):
 def flow_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """The learnable parameters of every ``RepresentationFlow`` in ``model`` (tau, lambda,
     theta, divergence and Sobel kernels, whichever are learned); nothing for other models.
-    The trainer gives them lr = ``FLOW_LR_SCALE`` x base lr (appendix A)."""
+    The trainer gives them lr = ``FLOW_LR_SCALE`` x base lr (appendix A). A module with a
+    ``lr_scaled_flow_parameters()`` method (the released flow layer) names its own."""
     for module in model.modules():
         if isinstance(module, RepresentationFlow):
             yield from (p for p in module.parameters(recurse=False) if p.requires_grad)
+        elif callable(own := getattr(module, "lr_scaled_flow_parameters", None)):
+            yield from (p for p in own() if p.requires_grad)
 
 
 __all__ = [
