@@ -1,0 +1,99 @@
+"""`curves.png` in a run folder: how training went, redrawn after every epoch.
+
+Three panels from the run's metrics.jsonl lines, against epochs (bottom axis) and
+optimiser steps (top axis): train and validation loss; train and validation top-1;
+the learning rate at the end of each epoch. `draw_curves` also draws the runs of
+`vidact report` (engine/compare_runs.py) into the same three panels, one colour a run.
+A picture is a convenience: `update_curves` logs a warning instead of stopping a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from vidact import console
+from vidact.figures import new_figure, save_png
+
+CURVES = "curves.png"
+PANELS = (  # (title, y label, ((metrics.jsonl key, line style, legend word), ...))
+    ("loss", "cross-entropy", (("train_loss", "--", "train"), ("val_loss", "-", "val"))),
+    ("top-1", "accuracy (%)", (("train_top1", "--", "train"), ("val_top1", "-", "val"))),
+    ("learning rate", "lr (end of epoch)", (("lr", "-", "lr"),)),
+)
+
+
+def curve(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the lines of `history` that hold `key` (validation may skip
+    epochs: train.val_every)."""
+    points = [(float(m["epoch"]), float(m[key])) for m in history if m.get(key) is not None]
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def new_panels(width: float = 15.0, height: float = 4.2) -> tuple[Figure, list[Axes]]:
+    """A figure with the three empty panels of PANELS, side by side."""
+    figure = new_figure(width, height)
+    axes = list(figure.subplots(1, len(PANELS), squeeze=False)[0])
+    for ax, (title, ylabel, _) in zip(axes, PANELS, strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return figure, axes
+
+
+def draw_curves(
+    axes: Sequence[Axes], history: Sequence[dict[str, Any]], colour: str, label: str = ""
+) -> None:
+    """Draw one run's metrics into the panels of `new_panels`."""
+    for ax, (_, _, lines) in zip(axes, PANELS, strict=True):
+        for key, style, word in lines:
+            epochs, values = curve(history, key)
+            if epochs:
+                name = f"{label} {word}".strip()
+                ax.plot(epochs, values, style, marker="o", markersize=3, color=colour, label=name)
+
+
+def _add_step_axis(ax: Axes, history: Sequence[dict[str, Any]]) -> None:
+    """Optimiser steps on the top axis (every epoch has the same number of steps)."""
+    last = history[-1]
+    per_epoch = float(last.get("step", 0)) / max(float(last["epoch"]), 1.0)
+    if per_epoch > 0:
+        top = ax.secondary_xaxis(
+            "top", functions=(lambda e: e * per_epoch, lambda s: s / per_epoch)
+        )
+        top.set_xlabel("optimiser step")
+
+
+def curves_figure(history: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """The run's three panels (see the module docstring)."""
+    figure, axes = new_panels()
+    draw_curves(axes, history, "tab:blue")
+    for ax in axes:
+        _add_step_axis(ax, history)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[2].set_yscale("log" if all(v > 0 for v in curve(history, "lr")[1]) else "linear")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def write_curves(run_dir: Path, history: Sequence[dict[str, Any]], title: str = "") -> Path:
+    """Draw `curves_figure` into <run_dir>/curves.png (atomically)."""
+    return save_png(curves_figure(history, title), Path(run_dir) / CURVES)
+
+
+def update_curves(run_dir: Path, history: Sequence[dict[str, Any]], title: str = "") -> None:
+    """`write_curves` for the trainer's end of epoch: a failure is a warning, never the
+    end of the run."""
+    try:
+        write_curves(run_dir, history, title)
+    except Exception as exc:  # any drawing error: the run goes on
+        console.warn(f"could not draw {Path(run_dir) / CURVES} ({exc}); training goes on")
