@@ -56,6 +56,7 @@ from vidact.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from vidact.engine.curves import update_curves
 from vidact.engine.optim import build_optimizer, build_scheduler
 from vidact.engine.profile import count_params
 from vidact.engine.run_folder import (
@@ -598,6 +599,7 @@ def end_epoch(run: Run, state: RunState, metrics: dict[str, Any]) -> None:
     if not run.info.is_main:
         return
     write_metrics(run.run_dir, state.history)
+    update_curves(run.run_dir, state.history, run.recipe.name)
     save_epoch_checkpoints(run, state, improved)
     if run.writer is not None:
         for key, value in metrics.items():
