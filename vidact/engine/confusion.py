@@ -21,6 +21,7 @@ NAMED_CLASSES = 100  # classes named on the axes up to this many
 COUNTED_CLASSES = 20  # video counts written in the cells up to this many classes
 TOP_CONFUSIONS = 25  # entries of the list beside the matrix
 NAME_CHARS = 28  # longer class names are cut to this many characters
+LISTING = "top confusions"  # the label of the list's axes
 
 
 def recall_matrix(confusion: np.ndarray) -> np.ndarray:
@@ -44,14 +45,15 @@ def _short(name: str) -> str:
 
 
 def confusion_figure(confusion: np.ndarray, class_names: list[str]) -> Figure:
-    """The matrix (axes 0), its colour bar, and the top-confusions list (the last axes)."""
+    """The matrix (axes 0), its colour bar, and the top-confusions list (the axes
+    labelled LISTING)."""
     confusion = np.asarray(confusion, dtype=np.int64)
     k = len(confusion)
     side = float(np.clip(0.18 * k, 4.0, 18.0))  # inches of the matrix
     figure = new_figure(side + 7.5, side + 2.0)
     grid = figure.add_gridspec(1, 2, width_ratios=[side + 3.0, 4.5])
     matrix: Axes = figure.add_subplot(grid[0, 0])
-    listing: Axes = figure.add_subplot(grid[0, 1])
+    listing: Axes = figure.add_subplot(grid[0, 1], label=LISTING)
     recall = recall_matrix(confusion)
     image = matrix.imshow(recall, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     colour_bar = figure.colorbar(image, ax=matrix, shrink=0.6, aspect=30, pad=0.02)

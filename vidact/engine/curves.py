@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -66,7 +67,11 @@ def _add_step_axis(ax: Axes, history: Sequence[dict[str, Any]]) -> None:
     per_epoch = float(last.get("step", 0)) / max(float(last["epoch"]), 1.0)
     if per_epoch > 0:
         top = ax.secondary_xaxis(
-            "top", functions=(lambda e: e * per_epoch, lambda s: s / per_epoch)
+            "top",
+            functions=(
+                lambda e: np.multiply(e, per_epoch),
+                lambda s: np.divide(s, per_epoch),
+            ),
         )
         top.set_xlabel("optimiser step")
 
