@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from vidact.cli import compare, evaluate, prepare, train  # noqa: F401  (register their commands)
+from vidact.cli import compare, evaluate, prepare, report, train  # noqa: F401  (register them)
 from vidact.cli.app import app
 
 __all__ = ["app", "main"]

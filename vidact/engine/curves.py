@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator
 
 from vidact import console
@@ -36,23 +36,22 @@ def curve(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], lis
     return [e for e, _ in points], [v for _, v in points]
 
 
-def new_panels(width: float = 15.0, height: float = 4.2) -> tuple[Figure, list[Axes]]:
-    """A figure with the three empty panels of PANELS, side by side."""
-    figure = new_figure(width, height)
-    axes = list(figure.subplots(1, len(PANELS), squeeze=False)[0])
+def add_panels(parent: Figure | SubFigure) -> list[Axes]:
+    """The three empty panels of PANELS, side by side in `parent`."""
+    axes = list(parent.subplots(1, len(PANELS), squeeze=False)[0])
     for ax, (title, ylabel, _) in zip(axes, PANELS, strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return figure, axes
+    return axes
 
 
 def draw_curves(
     axes: Sequence[Axes], history: Sequence[dict[str, Any]], colour: str, label: str = ""
 ) -> None:
-    """Draw one run's metrics into the panels of `new_panels`."""
+    """Draw one run's metrics into the panels of `add_panels`."""
     for ax, (_, _, lines) in zip(axes, PANELS, strict=True):
         for key, style, word in lines:
             epochs, values = curve(history, key)
@@ -61,7 +60,16 @@ def draw_curves(
                 ax.plot(epochs, values, style, marker="o", markersize=3, color=colour, label=name)
 
 
-def _add_step_axis(ax: Axes, history: Sequence[dict[str, Any]]) -> None:
+def finish_panels(axes: Sequence[Axes], histories: Sequence[Sequence[dict[str, Any]]]) -> None:
+    """Legends, and a log scale for the learning rate when every value is positive."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    rates = [v for history in histories for v in curve(history, "lr")[1]]
+    axes[-1].set_yscale("log" if rates and min(rates) > 0 else "linear")
+
+
+def add_step_axis(ax: Axes, history: Sequence[dict[str, Any]]) -> None:
     """Optimiser steps on the top axis (every epoch has the same number of steps)."""
     last = history[-1]
     per_epoch = float(last.get("step", 0)) / max(float(last["epoch"]), 1.0)
@@ -78,13 +86,12 @@ def _add_step_axis(ax: Axes, history: Sequence[dict[str, Any]]) -> None:
 
 def curves_figure(history: Sequence[dict[str, Any]], title: str = "") -> Figure:
     """The run's three panels (see the module docstring)."""
-    figure, axes = new_panels()
+    figure = new_figure(15.0, 4.2)
+    axes = add_panels(figure)
     draw_curves(axes, history, "tab:blue")
     for ax in axes:
-        _add_step_axis(ax, history)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    axes[2].set_yscale("log" if all(v > 0 for v in curve(history, "lr")[1]) else "linear")
+        add_step_axis(ax, history)
+    finish_panels(axes, [history])
     if title:
         figure.suptitle(title)
     return figure
