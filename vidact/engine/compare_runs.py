@@ -162,7 +162,8 @@ def report_figure(runs: list[RunSummary]) -> Figure:
     """The runs' curves above their final-metrics table (see the module docstring)."""
     table_height = 0.45 + 0.3 * len(runs)
     figure = new_figure(15.0, 4.4 + table_height)
-    top, bottom = figure.subfigures(2, 1, height_ratios=[4.4, table_height])
+    parts = figure.subfigures(2, 1, squeeze=False, height_ratios=[4.4, table_height])
+    top, bottom = parts[0, 0], parts[1, 0]
     axes = add_panels(top)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for run, colour in zip(runs, colours, strict=True):
