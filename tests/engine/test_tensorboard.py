@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytest.importorskip(
+    "tensorboard", reason="the tensorboard extra: pip install 'vidact[tensorboard]'"
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tests.engine.tiny  # noqa: F401  (registers tiny_test_net)
