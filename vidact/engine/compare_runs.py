@@ -6,7 +6,9 @@ model; read with yaml.safe_load, nothing runs), and writes into `out`:
     report.png   the runs' curves in curves.png's three panels (loss, top-1, learning
                  rate against epochs; one colour a run, train dashed, val solid) above a
                  table of their final metrics
-    report.md    the same table in markdown, under the picture
+    report.md    the picture, the same table in markdown, the run folders and the recipe
+                 settings that differ between the runs (a key a run's recipe.yaml lacks,
+                 e.g. one written before the setting existed, shows as "-")
 
 A folder that is not a run folder gets one line saying what it is (missing, a folder of
 runs, a run that has not finished an epoch) and what to pass instead.
@@ -29,7 +31,6 @@ from vidact.figures import new_figure, save_png
 
 REPORT_PNG = "report.png"
 REPORT_MD = "report.md"
-SHOWN_DIFFERENCES = 4  # recipe differences written under the picture's table
 METRICS = "metrics.jsonl"
 COLUMNS = (
     "run", "model", "epochs", "train loss", "train top-1", "val loss", "val top-1",
@@ -180,12 +181,6 @@ def report_figure(runs: list[RunSummary]) -> Figure:
     for (row, _), cell in table.get_celld().items():
         if row > 0:
             cell.get_text().set_color(colours[row - 1])
-    differences = recipe_differences(runs)
-    if differences:
-        shown = "; ".join(differences[:SHOWN_DIFFERENCES])
-        more = len(differences) - SHOWN_DIFFERENCES
-        shown += f"; and {more} more (report.md)" if more > 0 else ""
-        bottom.suptitle(f"recipes differ in {shown}", fontsize=9, y=0.02, va="bottom")
     return figure
 
 
