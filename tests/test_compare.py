@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,10 +23,12 @@ from vidact.compare_tvl1 import (
     flow_of_flow,
     paper_layer,
     parse_shape,
+    pipeline,
     representation_flow,
     resolve_input,
     time_table9,
 )
+from vidact.compare_tvl1.pictures import panel_figure
 from vidact.engine.checkpoint import save_checkpoint
 from vidact.errors import VidactError
 from vidact.flow import compute_flow
@@ -197,22 +200,43 @@ def _moving_video(path: Path, frames: int = 6, size: int = 64, step: int = 1) ->
     return write_video(path, clip)
 
 
-def test_pictures_and_report_of_a_video(tmp_path: Path) -> None:
+def _tile_pixels(png: np.ndarray, figure: Any, index: int) -> np.ndarray:
+    """The pixels of the PNG under the figure's axes `index` (its inner half)."""
+    x0, y0, x1, y1 = figure.axes[index].get_window_extent().extents
+    top, bottom = png.shape[0] - y1, png.shape[0] - y0  # display y runs upwards
+    h, w = bottom - top, x1 - x0
+    return png[int(top + h / 4) : int(bottom - h / 4), int(x0 + w / 4) : int(x1 - w / 4)]
+
+
+def test_pictures_and_report_of_a_video(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []  # the Computed video that the pictures were drawn from
+    original = pipeline.write_pictures
+    monkeypatch.setattr(pipeline, "write_pictures", lambda c, *a: seen.append(c) or original(c, *a))
     video = _moving_video(tmp_path / "right.mp4")
     result = compare_tvl1(video, out=tmp_path / "o", timing_shape=None, pair=2)
     assert result.kind == "video" and result.videos[0].gt_pairs == []
     panel = Image.open(result.panel_path)
     panel.load()
-    assert panel.format == "PNG" and panel.mode == "RGB"
-    tile = 192  # 64 px frames are drawn 192 px high
-    assert panel.size == (4 * tile + 3 * 4, tile + 22)
-    tvl1_tile = np.asarray(panel)[22:, tile + 4 : 2 * tile + 4]
-    r, g, b = tvl1_tile[tile // 4 : -tile // 4, tile // 4 : -tile // 4].reshape(-1, 3).mean(0)
-    assert r > 200 and r > g + 40 and r > b + 40  # motion to the right is red
-    gif = Image.open(result.gif_path)
-    assert gif.format == "GIF" and gif.n_frames == 5
+    assert panel.format == "PNG" and panel.mode in ("RGB", "RGBA")
+    assert panel.size[0] >= 1000 and panel.size[1] >= 700  # 2 x 3 tiles of 400 px
     report = _strict_json(result.report_path)
     assert report["pictures"]["pair"] == 2 and report["videos"][0]["pairs"] == 5
+
+    figure, shown = panel_figure(seen[0], 2, 20)
+    assert shown["pair"] == 2
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles[:5] == [
+        "RGB, pair 2", "TV-L1", "rep-flow (20 it.)", "RGB, next frame", "flow-of-flow",
+    ]  # fmt: skip
+    key = figure.axes[5]
+    scale = report["pictures"]["panel_max_flow_px"]
+    assert f"full at {scale:.2f} px" in titles[5] and "px" in key.get_xlabel()
+    assert key.get_images()[0].get_extent() == pytest.approx([-scale, scale, scale, -scale])
+    png = np.asarray(panel.convert("RGB"))
+    r, g, b = _tile_pixels(png, figure, 1).reshape(-1, 3).mean(0)
+    assert r > 200 and r > g + 40 and r > b + 40  # TV-L1 tile: motion to the right is red
+    gif = Image.open(result.gif_path)
+    assert gif.format == "GIF" and gif.n_frames == 5 and gif.size[0] >= 500
     assert report["repflow"]["source"] == "paper initial values"
     assert report["videos"][0]["tvl1_epe_gt"] is None and report["timing"] is None
 

@@ -169,6 +169,9 @@ class OutputConfig(_Section):
     dir: str = "runs"
     # Epoch checkpoints (checkpoints/epoch-NNNN.pt) kept besides best.pt and last.pt.
     keep_last: int = Field(0, ge=0, strict=True)
+    # TensorBoard events in <run>/tensorboard/ (engine/tensorboard.py); needs the package:
+    # pip install 'vidact[tensorboard]'.
+    tensorboard: bool = False
 
 
 class Recipe(_Section):

@@ -13,7 +13,7 @@ from vidact.flow.metrics import (
     endpoint_error,
     endpoint_error_map,
 )
-from vidact.flow.visualize import color_wheel, flow_to_color, make_panel
+from vidact.flow.visualize import color_wheel, flow_to_color, wheel_image
 
 
 def _const(h: int, w: int, u: float, v: float) -> np.ndarray:
@@ -88,19 +88,16 @@ def test_color_wheel_coding() -> None:
     assert (img[0, 1] == 0).all()
 
 
-def test_make_panel_layout() -> None:
-    a = np.full((20, 30, 3), 10, np.uint8)
-    b = np.full((10, 10), 200, np.uint8)  # grayscale, half height
-    panel = make_panel([a, b], ["tv-l1", "representation flow"], gap=4, title_height=16)
-    assert panel.dtype == np.uint8
-    assert panel.shape == (16 + 20, 30 + 4 + 20, 3)
-    assert (panel[16:, :30] == 10).all()
-    assert (panel[16:, 34:] == 200).all()
-    assert (panel[16:, 30:34] == 255).all()  # white gap
-    assert (panel[:16] < 255).any()  # titles were drawn
-    untitled = make_panel([a, a], height=10, gap=0)
-    assert untitled.shape == (10, 30, 3)
-    with pytest.raises(ValueError, match="titles"):
-        make_panel([a, b], ["only one"])
-    with pytest.raises(ValueError, match="at least one"):
-        make_panel([])
+def test_wheel_image_is_the_colour_of_each_vector_it_shows() -> None:
+    size = 40
+    key = wheel_image(size)
+    axis = np.linspace(-1.0, 1.0, size)
+    for row, v in enumerate(axis):  # the literal definition, one pixel at a time
+        for col, u in enumerate(axis):
+            expected = flow_to_color(np.array([[[u, v]]]), max_flow=1.0)[0, 0]
+            if np.hypot(u, v) > 1.0:
+                expected = np.full(3, 255, np.uint8)
+            assert (key[row, col] == expected).all(), (row, col)
+    middle = size // 2
+    r, g, b = (int(x) for x in key[middle, -2])  # +x, just inside the unit circle: red
+    assert r > 200 and g < 60 and b < 60

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from vidact.cli import compare, evaluate, export, predict, prepare, train  # noqa: F401  (register)
+from vidact.cli import (  # noqa: F401  (register the commands)
+    compare,
+    evaluate,
+    export,
+    predict,
+    prepare,
+    report,
+    train,
+)
 from vidact.cli.app import app
 
 __all__ = ["app", "main"]

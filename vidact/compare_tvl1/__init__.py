@@ -52,7 +52,7 @@ from vidact.compare_tvl1.layers import (
 from vidact.compare_tvl1.measure import MOVING_PX as MOVING_PX
 from vidact.compare_tvl1.measure import VideoResult
 from vidact.compare_tvl1.pictures import GIF_FRAME_MS as GIF_FRAME_MS
-from vidact.compare_tvl1.pictures import TILE_HEIGHT as TILE_HEIGHT
+from vidact.compare_tvl1.pictures import PANEL_TILE_INCHES as PANEL_TILE_INCHES
 from vidact.compare_tvl1.pipeline import DEFAULT_MAX_FRAMES as DEFAULT_MAX_FRAMES
 from vidact.compare_tvl1.pipeline import CompareResult, compare_tvl1
 from vidact.compare_tvl1.pipeline import default_out as default_out

@@ -3,8 +3,8 @@
 From per-video scores (N, K) and labels (N,): top-1, top-5, mean class accuracy,
 per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
 Files, each written atomically: metrics.json, predictions.csv, per_class.csv and
-confusion.png (drawn with OpenCV; rows normalised to recall, so a perfect model is a
-bright diagonal whatever the class sizes).
+confusion.png (drawn with matplotlib by engine/confusion.py: rows normalised to recall,
+so a perfect model is a bright diagonal whatever the class sizes).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from vidact.atomic import atomic_path, atomic_write_text
+from vidact.atomic import atomic_write_text
+from vidact.engine.confusion import write_confusion_png
 
 TOP_K = 5
 
@@ -104,10 +104,7 @@ def write_reports(
         )
     atomic_write_text(paths["per_class"], _csv(per_class))
 
-    image = confusion_image(np.asarray(metrics["confusion"]), class_names)
-    with atomic_path(paths["confusion"]) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"could not write {paths['confusion']}")
+    write_confusion_png(paths["confusion"], np.asarray(metrics["confusion"]), class_names)
     return paths
 
 
@@ -115,37 +112,3 @@ def _csv(rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
-
-
-def confusion_image(confusion: np.ndarray, class_names: list[str]) -> np.ndarray:
-    """A BGR picture of the row-normalised confusion matrix, with class names when they fit."""
-    k = len(confusion)
-    cell = int(np.clip(720 // max(k, 1), 2, 48))
-    counts = confusion.sum(axis=1, keepdims=True)
-    recall = np.divide(confusion, counts, out=np.zeros(confusion.shape), where=counts > 0)
-    heat = cv2.applyColorMap((recall * 255).round().astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-    heat = cv2.resize(heat, (k * cell, k * cell), interpolation=cv2.INTER_NEAREST)
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
-    named = cell >= 12  # one text line per row fits: "id name" left, ids above columns
-    names = [f"{i} {n if len(n) <= 24 else n[:23] + '~'}" for i, n in enumerate(class_names)]
-    names = names if named else []
-    title = "confusion matrix: rows true, columns predicted, colour = share of the row"
-    title_w = cv2.getTextSize(title, font, scale, 1)[0][0] + 10
-    margin = 10 + max((cv2.getTextSize(n, font, scale, 1)[0][0] for n in names), default=0)
-    top_margin = 50
-    width = max(margin + k * cell + 10, title_w)
-    image = np.full((top_margin + k * cell + 10, width, 3), 255, np.uint8)
-    image[top_margin : top_margin + k * cell, margin : margin + k * cell] = heat
-    cv2.putText(image, title, (5, 20), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    for i, name in enumerate(names):
-        y = top_margin + i * cell + cell // 2 + 4
-        cv2.putText(image, name, (5, y), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        xy = (margin + i * cell + max(cell // 2 - 8, 0), top_margin - 6)
-        cv2.putText(image, str(i), xy, font, scale * 0.8, (0, 0, 0), 1, cv2.LINE_AA)
-    if cell >= 28:  # counts fit in the cells
-        for (i, j), value in np.ndenumerate(confusion):
-            if value:
-                colour = (0, 0, 0) if recall[i, j] > 0.6 else (255, 255, 255)
-                xy = (margin + j * cell + 4, top_margin + i * cell + cell // 2 + 4)
-                cv2.putText(image, str(value), xy, font, scale, colour, 1, cv2.LINE_AA)
-    return image

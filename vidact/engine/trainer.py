@@ -47,7 +47,7 @@ from vidact.data.class_order import check_checkpoint_file
 from vidact.data.dataset import ClipDataset, ClipSpec, EpochBatchSampler, build_loader
 from vidact.data.manifest import load_manifest, read_label_map
 from vidact.data.transforms import ClipTransform
-from vidact.engine import distributed
+from vidact.engine import distributed, tensorboard
 from vidact.engine.checkpoint import (
     BEST,
     LAST,
@@ -57,6 +57,7 @@ from vidact.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from vidact.engine.curves import update_curves
 from vidact.engine.optim import build_optimizer, build_scheduler
 from vidact.engine.profile import count_params
 from vidact.engine.run_folder import (
@@ -65,7 +66,6 @@ from vidact.engine.run_folder import (
     read_metrics,
     resolve_resume,
     run_folder,
-    tensorboard_writer,
     write_metrics,
 )
 from vidact.engine.step_log import StepLog
@@ -233,7 +233,7 @@ class Run:
     scaler: torch.amp.GradScaler
     train_loader: DataLoader[dict[str, Any]]
     val_loader: DataLoader[dict[str, Any]]
-    writer: Any = None  # tensorboard, on rank 0 when installed
+    writer: tensorboard.TensorBoardLog | None = None  # output.tensorboard, on rank 0
 
     @property
     def batches(self) -> EpochBatchSampler:
@@ -280,7 +280,7 @@ def train(
     state = resume_run(run, resume_path) if resume_path is not None else RunState()
     if info.is_main:
         _open_run_folder(run)
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, tensorboard.closing(run.writer):
         while state.epoch < cfg.epochs:
             epoch_start = time.perf_counter()
             sums = train_one_epoch(run, state, stop)
@@ -288,8 +288,6 @@ def train(
             if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
                 metrics.update(validate(run.eval_model, run.val_loader, run.device, cfg.amp))
             end_epoch(run, state, metrics)
-    if run.writer is not None:
-        run.writer.close()
     distributed.barrier()
     return TrainResult(
         run_dir=run.run_dir,
@@ -378,7 +376,7 @@ def _open_run_folder(run: Run) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", run.recipe.to_yaml())
     console.add_log_file(run_dir / "log.txt")
-    run.writer = tensorboard_writer(run_dir)
+    run.writer = tensorboard.open_tensorboard(run_dir, run.recipe)
     console.info(
         f"run folder {run_dir}; {_clips(run.train_loader)} train / "
         f"{_clips(run.val_loader)} val clips, "
@@ -495,6 +493,8 @@ def train_one_epoch(run: Run, state: RunState, stop: _StopSignal) -> torch.Tenso
             rate = clips / max(time.perf_counter() - log.started, 1e-9)
             advance(status=f"loss {mean_loss:.3f}  lr {lr:.2e}  {rate:.1f} clips/s")
             log.maybe_log(state.step, state.batch_in_epoch, mean_loss, lr, clips)
+            if run.writer is not None:
+                run.writer.step(state.step, loss_value, 100.0 * correct / count, lr)
     distributed.sync_buffers(run.model)
     return distributed.all_reduce_sum(sums.to(run.device)).cpu()
 
@@ -603,10 +603,10 @@ def end_epoch(run: Run, state: RunState, metrics: dict[str, Any]) -> None:
     if not run.info.is_main:
         return
     write_metrics(run.run_dir, state.history)
+    update_curves(run.run_dir, state.history, run.recipe.name)
     save_epoch_checkpoints(run, state, improved)
     if run.writer is not None:
-        for key, value in metrics.items():
-            run.writer.add_scalar(key, value, state.epoch)
+        run.writer.epoch(metrics)
     console.info(_epoch_line(metrics, run.recipe.train.epochs, state.bad_videos))
 
 

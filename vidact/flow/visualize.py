@@ -1,4 +1,4 @@
-"""Flow -> colour image (Middlebury colour wheel), and side-by-side panels.
+"""Flow -> colour image (Middlebury colour wheel), and the wheel drawn as a colour key.
 
 The colour coding is the one of Baker et al., "A Database and Evaluation Methodology for
 Optical Flow" (IJCV 2011): hue = direction, saturation = magnitude relative to the
@@ -10,14 +10,12 @@ red, down (+y) orange-yellow, left cyan-blue and up blue-violet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-__all__ = ["color_wheel", "flow_to_color", "make_panel"]
+__all__ = ["color_wheel", "flow_to_color", "wheel_image"]
 
 # (length, start colour, end colour) of each ramp of the wheel, in RGB.
 _RAMPS: tuple[tuple[int, tuple[int, int, int], tuple[int, int, int]], ...] = (
@@ -77,61 +75,12 @@ def flow_to_color(flow: Any, max_flow: float | None = None) -> np.ndarray:
     return img
 
 
-def make_panel(
-    images: Sequence[np.ndarray],
-    titles: Sequence[str] | None = None,
-    *,
-    height: int | None = None,
-    gap: int = 4,
-    title_height: int = 22,
-    background: tuple[int, int, int] = (255, 255, 255),
-) -> np.ndarray:
-    """Lay (H, W, 3) uint8 RGB images side by side, each under its title.
-
-    Images are resized to a common height (`height`, default the tallest), keeping their
-    aspect ratio; grayscale (H, W) images are accepted. Returns one uint8 RGB image.
-    """
-    if not images:
-        raise ValueError("make_panel needs at least one image")
-    if titles is not None and len(titles) != len(images):
-        raise ValueError(f"{len(images)} images but {len(titles)} titles")
-    tiles = []
-    for img in images:
-        a = np.asarray(img)
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=-1)
-        if a.ndim != 3 or a.shape[-1] != 3:
-            raise ValueError(f"panel images must be (H, W, 3) or (H, W), got {a.shape}")
-        tiles.append(np.ascontiguousarray(a, dtype=np.uint8))
-    target_h = height or max(t.shape[0] for t in tiles)
-    resized: list[np.ndarray] = []
-    for t in tiles:
-        if t.shape[0] != target_h:
-            new_w = max(1, round(t.shape[1] * target_h / t.shape[0]))
-            resized.append(cv2.resize(t, (new_w, target_h), interpolation=cv2.INTER_AREA))
-        else:
-            resized.append(t)
-
-    band = title_height if titles is not None else 0
-    total_w = sum(t.shape[1] for t in resized) + gap * (len(resized) - 1)
-    panel = np.empty((band + target_h, total_w, 3), dtype=np.uint8)
-    panel[:] = np.asarray(background, dtype=np.uint8)
-    x = 0
-    for i, t in enumerate(resized):
-        panel[band:, x : x + t.shape[1]] = t
-        if titles is not None:
-            _put_title(panel, titles[i], x, t.shape[1], band)
-        x += t.shape[1] + gap
-    return panel
-
-
-def _put_title(panel: np.ndarray, text: str, x: int, width: int, band: int) -> None:
-    """Draw `text` centred in the band above the tile at column x, shrinking to fit."""
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    scale = band / 40.0
-    (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
-    if tw > width - 4 and tw > 0:
-        scale *= (width - 4) / tw
-        (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
-    org = (x + max(0, (width - tw) // 2), max(th, (band + th) // 2))
-    cv2.putText(panel, text, org, font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+def wheel_image(size: int = 150) -> np.ndarray:
+    """The colour key: (size, size, 3) uint8 RGB of `flow_to_color` over the flow vectors
+    of the square [-1, 1]^2 (x right, y down), fully saturated on the unit circle,
+    white outside it. Drawn with extent (-s, s, s, -s) it is the key of scale s."""
+    axis = np.linspace(-1.0, 1.0, size)
+    flow = np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1)  # (y, x, (u, v))
+    image = flow_to_color(flow, max_flow=1.0)
+    image[np.hypot(flow[..., 0], flow[..., 1]) > 1.0] = 255
+    return image
