@@ -51,7 +51,7 @@ from vidact.engine.score_cache import (
     write_shard,
 )
 from vidact.engine.trainer import build_model_for
-from vidact.errors import VidactError
+from vidact.errors import VidactError, pydantic_reason
 from vidact.recipe import EvalConfig, Recipe, load_recipe, recipe_from_dict
 
 __all__ = ["EvalResult", "Member", "evaluate", "load_member", "profile_members", "read_cache"]
@@ -98,7 +98,7 @@ def _eval_config(recipe: Recipe, settings: dict[str, Any], path: Path) -> EvalCo
     except ValidationError as exc:
         error = exc.errors()[0]
         option = "--" + str(error["loc"][0]).replace("_", "-")
-        message = str(error["msg"]).removeprefix("Value error, ")
+        message = pydantic_reason(str(error["msg"]))
         raise VidactError(f"{option}: {message} (evaluating {path})") from None
 
 
