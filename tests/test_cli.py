@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from vidact import __version__
 from vidact.cli import app
 from vidact.cli.app import COMMAND_ORDER
+from vidact.errors import pydantic_reason
 from vidact.recipe import RecipeError, load_recipe
 
 runner = CliRunner()
@@ -135,3 +136,13 @@ def test_train_takes_out_and_still_the_old_output(tmp_path: Path) -> None:
         result = runner.invoke(app, [*args, "--set", "trian.epochs=1"])
         assert result.exit_code == 2 and "--set trian.epochs" in result.output, flag
     assert not (tmp_path / "run").exists()
+
+
+def test_recipe_and_model_errors_read_without_pydantic_prefix() -> None:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("recipes/quickstart.yaml", ["eval.crops=7"])
+    assert str(caught.value).startswith("--set eval.crops: 'eval.crops': crops must be 1, 3, 10")
+    assert "Value error" not in str(caught.value)
+    assert pydantic_reason("Value error, crops must be 1") == "crops must be 1"
+    assert pydantic_reason("Assertion failed, x > 0") == "x > 0"
+    assert pydantic_reason("Input should be 'a'") == "Input should be 'a'"
