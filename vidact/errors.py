@@ -26,3 +26,17 @@ class VideoReadError(VidactError):
 
 class ManifestError(VidactError):
     """A manifest or label map is missing, malformed, or points at missing files."""
+
+
+# pydantic puts these before the message of a validator that raised ValueError / assert.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def pydantic_reason(message: str) -> str:
+    """One pydantic error message as a user should read it: without the "Value error, "
+    prefix that pydantic adds to a validator's own words (recipes, evaluate's settings,
+    model options and the CLI's typed options all validate with pydantic)."""
+    for prefix in _PYDANTIC_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vidact.constants import FLOW_BOUND, IMAGENET_MEAN, IMAGENET_STD
 from vidact.data.crops import Crops
-from vidact.errors import RecipeError
+from vidact.errors import RecipeError, pydantic_reason
 
 BASE_KEY = "_base_"
 OVERRIDE_SOURCE = "--set"
@@ -204,6 +204,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
 # Loading: _base_ inheritance with provenance, overrides, validation with good messages
 # --------------------------------------------------------------------------------------
 
+# Which file (or which `--set KEY`) set each key: the source an error message names.
 Sources = dict[tuple[str, ...], str]
 
 
@@ -302,20 +303,22 @@ def _apply_override(data: dict[str, Any], item: str, sources: Sources) -> None:
     except yaml.YAMLError:
         value = text
     parts = key.split(".")
+    source = f"{OVERRIDE_SOURCE} {key}"  # what the user typed is what an error names
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if child is None:
+        if child is None:  # a section this --set creates (a typo such as `optimizer.lr`)
             child = node[part] = {}
+            sources[tuple(parts[: depth + 1])] = source
         elif not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
             raise RecipeError(f"--set {key}: '{where}' is a value, not a section")
         node = child
     node[parts[-1]] = value
     loc = tuple(parts)
-    sources[loc] = OVERRIDE_SOURCE
+    sources[loc] = source
     if isinstance(value, dict):
-        _record_sources(value, loc, OVERRIDE_SOURCE, sources)
+        _record_sources(value, loc, source, sources)
 
 
 def _source_of(loc: tuple[str, ...], sources: Sources, default: str) -> str:
@@ -358,8 +361,7 @@ _EXPECTED = {
 
 def _describe(error: Any, loc: tuple[str, ...], sources: Sources, default: str) -> str:
     key = ".".join(loc)
-    source = _source_of(loc, sources, default)
-    where = f"{source}: " if source != OVERRIDE_SOURCE else f"--set {key}: "
+    where = f"{_source_of(loc, sources, default)}: "
     if error["type"] == "extra_forbidden":
         hint = _did_you_mean(loc[-1], _fields_at(loc), loc[:-1])
         return f"{where}unknown key '{key}'{hint}"
@@ -369,7 +371,7 @@ def _describe(error: Any, loc: tuple[str, ...], sources: Sources, default: str) 
     got = error.get("input")
     if expected is not None:
         return f"{where}'{key}' must be {expected}, got {got!r}"
-    message = str(error["msg"]).removeprefix("Value error, ")
+    message = pydantic_reason(str(error["msg"]))
     return f"{where}'{key}': {message} (got {got!r})"
 
 
@@ -412,5 +414,4 @@ def _check_model_kwargs(recipe: Recipe, sources: Sources, default_source: str) -
 
 
 def _model_key_source(key: str | None, sources: Sources, default_source: str) -> str:
-    source = _source_of(("model", key or "name"), sources, default_source)
-    return f"{source}: " if source != OVERRIDE_SOURCE else f"--set model.{key}: "
+    return f"{_source_of(('model', key or 'name'), sources, default_source)}: "

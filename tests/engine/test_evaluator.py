@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
+from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 import tests.engine.tiny  # noqa: F401  (registers tiny_test_net)
@@ -26,7 +27,7 @@ from vidact.data.video import read_frames
 from vidact.data.views import VideoViews
 from vidact.engine.checkpoint import load_checkpoint, save_checkpoint
 from vidact.engine.evaluator import EvalResult, evaluate, read_cache
-from vidact.engine.trainer import build_datasets, build_model_for, train
+from vidact.engine.trainer import build_datasets, build_model_for, train, validate
 from vidact.errors import VidactError
 from vidact.models import list_models, register_model
 from vidact.recipe import recipe_from_dict
@@ -73,7 +74,7 @@ def _headline(result: EvalResult) -> dict[str, Any]:
 
 
 def _controlled_checkpoint(
-    path: Path, root: Path, weight: torch.Tensor, bias: torch.Tensor
+    path: Path, root: Path, weight: torch.Tensor, bias: torch.Tensor, labels: str = "abc"
 ) -> Path:
     recipe = recipe_from_dict(
         {
@@ -84,12 +85,12 @@ def _controlled_checkpoint(
             "eval": {"batch_size": 4},
         }
     )  # fmt: skip
-    net = MeanLinearNet(3)
+    net = MeanLinearNet(len(labels))
     with torch.no_grad():
         net.fc.weight.copy_(weight)
         net.fc.bias.copy_(bias)
     state = {"model": net.state_dict(), "ema": None, "recipe": recipe.to_dict()}
-    save_checkpoint(path, {**state, "labels": ["a", "b", "c"], "metrics": {}})
+    save_checkpoint(path, {**state, "labels": list(labels), "metrics": {}})
     return path
 
 
@@ -130,11 +131,61 @@ def test_fused_scores_equal_a_hand_computation(tmp_path: Path, average: str) -> 
         else:
             fused += logits.mean(axis=0) / 2
     assert result.scores.shape == (1, 3)
-    np.testing.assert_allclose(result.scores[0], fused, rtol=1e-4, atol=1e-5)
+    # Softmax averaging scores the log of the mean probability (ranked without ties).
+    scores = np.exp(result.scores[0]) if average == "softmax" else result.scores[0]
+    np.testing.assert_allclose(scores, fused, rtol=1e-4, atol=1e-5)
     assert result.metrics["top1"] == (100.0 if fused.argmax() == 1 else 0.0)
+    if average == "softmax":
+        assert result.metrics["loss"] == pytest.approx(-np.log(fused[1]), rel=1e-4)
+    else:
+        assert "loss" not in result.metrics
     rows = list(csv.reader((tmp_path / "out" / "predictions.csv").open()))
-    assert rows[0][:4] == ["video", "label", "top1", "top1_score"]
-    assert rows[1][2] == str(int(np.argsort(-fused, kind="stable")[0]))
+    assert rows[0][:6] == ["video", "label", "label_class", "top1", "top1_class", "top1_score"]
+    best = np.argsort(-fused, kind="stable")
+    assert rows[1][:5] == ["v.mp4", "1", "b", str(best[0]), "abc"[best[0]]]
+    assert rows[1][6:8] == [str(best[1]), "abc"[best[1]]]
+    assert float(rows[1][5]) == pytest.approx(float(result.scores[0][best[0]]), rel=1e-5)
+
+
+def test_a_saturated_model_ranks_like_training_validation(tmp_path: Path) -> None:
+    """Softmax scores of a saturated model round to exactly 0 and 1: ranked as they are,
+    the ties fall to the lowest class ids (top-5 0% where validation said 100%)."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    frames = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    write_video(root / "v.mp4", frames)
+    samples = [Sample("v.mp4", label, "abcdefgh"[label], 6) for label in (6, 7)]
+    write_manifest(root / "val.jsonl", samples)
+    write_manifest(root / "train.jsonl", samples)
+    write_label_map(root / "labels.txt", list("abcdefgh"))
+    # logits = bias: class 3 first, then 6, 7, 5, 4 (the rest far below): softmax gives
+    # class 3 probability 1.0 and the others exactly 0.0 in float32 and float64.
+    bias = torch.tensor([-3000, -3000, -3000, 0, -1400, -1300, -1000, -1200.0])
+    ckpt = _controlled_checkpoint(
+        tmp_path / "m.pt", root, torch.zeros(8, 3), bias, labels="abcdefgh"
+    )
+    result = evaluate([ckpt], out=tmp_path / "out")
+    assert result.metrics["top1"] == 0.0 and result.metrics["top5"] == 100.0
+    # Training's validation on the same checkpoint and clips agrees on every metric.
+    state = load_checkpoint(ckpt)
+    recipe = recipe_from_dict(state["recipe"])
+    model = build_model_for(recipe, 8)
+    model.load_state_dict(state["model"])
+    _, val = build_datasets(recipe, root, 8)
+    validated = validate(model, DataLoader(val, batch_size=2), torch.device("cpu"))
+    _assert_metrics_agree(result, validated)
+    rows = list(csv.reader((tmp_path / "out" / "predictions.csv").open()))
+    assert [rows[1][3 + 3 * r] for r in range(5)] == ["3", "6", "7", "5", "4"]
+
+
+def _assert_metrics_agree(result: EvalResult, validated: dict[str, float]) -> None:
+    """Every metric training's validation reports, as a one-view evaluation reports it."""
+    assert set(validated) == {"val_loss", "val_top1", "val_top5", "val_count"}
+    metrics = result.metrics
+    assert metrics["top1"] == pytest.approx(validated["val_top1"])
+    assert metrics["top5"] == pytest.approx(validated["val_top5"])
+    assert metrics["loss"] == pytest.approx(validated["val_loss"], rel=1e-5)
+    assert metrics["videos"] == validated["val_count"]
 
 
 # ------------------------------------------------------------ trained tiny model
@@ -144,8 +195,8 @@ def test_one_centre_view_reproduces_training_validation(trained: Path, tmp_path:
     state = load_checkpoint(trained)
     result = evaluate([trained], clips=1, crops="1", out=tmp_path / "eval")
     assert result.metrics["ema"] == [True]
-    assert result.metrics["top1"] == pytest.approx(state["metrics"]["val_top1"])
-    assert result.metrics["top5"] == pytest.approx(state["metrics"]["val_top5"])
+    validated = {k: v for k, v in state["metrics"].items() if k.startswith("val_")}
+    _assert_metrics_agree(result, validated)
     # The same scores as the EMA model on the validation loader's clips.
     recipe = recipe_from_dict(state["recipe"])
     _, val = build_datasets(recipe, Path(recipe.data.root), 4)
@@ -155,7 +206,8 @@ def test_one_centre_view_reproduces_training_validation(trained: Path, tmp_path:
     model.eval()
     with torch.no_grad():
         logits = model(torch.stack([val[i]["clip"] for i in range(len(val))]))
-    np.testing.assert_allclose(result.scores, logits.softmax(1).numpy(), rtol=1e-5, atol=1e-6)
+    expected = logits.log_softmax(1).numpy()
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-5)
     assert result.videos == [s.path for s in val.samples]
     # --no-ema evaluates the raw weights: other scores, and its own cache.
     raw = evaluate([trained], clips=1, crops="1", use_ema=False, out=tmp_path / "eval")
@@ -230,12 +282,13 @@ def test_ensemble_averages_the_models_scores(trained: Path, tmp_path: Path) -> N
     raw = evaluate([trained], crops="3", use_ema=False, out=tmp_path / "b")
     both = evaluate([trained, trained], crops="3", out=tmp_path / "c", use_ema=None)
     np.testing.assert_allclose(both.scores, single.scores, rtol=1e-6)
-    # An ensemble of the EMA and the raw weights: the mean of the two score tables.
     copy = tmp_path / "copy.pt"
     state = load_checkpoint(trained)
     save_checkpoint(copy, {**state, "ema": None})
     mixed = evaluate([trained, copy], crops="3", out=tmp_path / "d")
-    np.testing.assert_allclose(mixed.scores, (single.scores + raw.scores) / 2, rtol=1e-5)
+    # An ensemble of the EMA and the raw weights: the mean of the two probability tables.
+    mean = (np.exp(single.scores) + np.exp(raw.scores)) / 2
+    np.testing.assert_allclose(np.exp(mixed.scores), mean, rtol=1e-5)
 
 
 def test_profile_reports_params_gflops_per_view_and_video_and_latency(

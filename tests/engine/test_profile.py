@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
+from vidact.data.views import ViewSpec
+from vidact.engine.evaluator import Member, profile_members
 from vidact.engine.profile import (
     Latency,
     count_macs,
@@ -13,6 +19,9 @@ from vidact.engine.profile import (
     count_params_and_macs,
     measure_latency,
 )
+from vidact.engine.trainer import build_model_for
+from vidact.models import list_models, model_options
+from vidact.recipe import recipe_from_dict
 
 
 def test_count_params_counts_elements_and_trainable() -> None:
@@ -62,3 +71,68 @@ def test_measure_latency_times_forward_and_backward() -> None:
     assert len(lat.times) == 2 and all(p.grad is None for p in model.parameters())
     with pytest.raises(RuntimeError):
         measure_latency(model, (2, 5, 8, 8), repeats=1)
+
+
+# ----------------------------------------------- evaluate --profile on every model family
+
+
+def _family(name: str) -> str:
+    """A model name without its depth: tsn_resnet18 and tsn_resnet50 are one family."""
+    return re.sub(r"_?\d+$", "", name)
+
+
+def _depth(name: str) -> int:
+    digits = re.search(r"(\d+)$", name)
+    return int(digits.group(1)) if digits else 0
+
+
+def _one_model_per_family() -> list[str]:
+    """The shallowest registered model of each family (test-only models left out)."""
+    chosen: dict[str, str] = {}
+    for name in sorted(list_models(), key=_depth):
+        if not name.endswith("_test_net"):
+            chosen.setdefault(_family(name), name)
+    return sorted(chosen.values())
+
+
+def _member(name: str) -> Member:
+    """A recipe's member as `evaluate` loads it: 6 frames, 32 px crops, random weights."""
+    modality = {"flow_": "flow", "two_stream_": "rgb+flow"}
+    options: dict[str, Any] = {"name": name}
+    if "stack" in model_options(name):
+        options["stack"] = 3  # flow stacks of 3 frames: 6 = 2 segments
+    recipe = recipe_from_dict(
+        {
+            "model": options,
+            "data": {
+                "num_frames": 6,
+                "short_side": 32,
+                "input_size": 32,
+                "modality": next((m for p, m in modality.items() if name.startswith(p)), "rgb"),
+            },
+        }
+    )
+    model = build_model_for(recipe, 5).eval()
+    spec = ViewSpec.from_recipe(recipe.data, recipe.eval)
+    return Member(Path(f"{name}.pt"), recipe, recipe.eval, list("abcde"), model, spec, False, "")
+
+
+def test_families_are_found() -> None:
+    families = {_family(name) for name in _one_model_per_family()}
+    assert {"repflow_resnet", "repflow_smallcnn", "ctnet_resnet", "tsn_resnet"} <= families
+
+
+@pytest.mark.parametrize("name", _one_model_per_family())
+def test_profile_runs_on_every_family(name: str) -> None:
+    """`evaluate --profile` on one model of each registered family (it crashed on every
+    representation-flow model when it counted on a meta-device copy)."""
+    member = _member(name)
+    (row,) = profile_members([member], torch.device("cpu"))
+    channels = member.spec.channels
+    assert row["input"] == f"{channels}x6x32x32" and row["views"] == 1
+    assert row["params"] == count_params(member.model) and row["latency_ms_per_video"] > 0
+    assert row["gflops_per_view"] > 0
+    if not name.startswith("repflow"):  # shapes only: a meta-device copy counts the same
+        with torch.device("meta"):
+            meta = build_model_for(member.recipe, 5)
+        assert count_macs(meta, (1, channels, 6, 32, 32)) == round(row["gflops_per_view"] * 1e9)

@@ -2,6 +2,9 @@
 
 No logic lives here: each command forwards typed arguments to `vidact.<area>.<function>`.
 User errors (`VidactError`) print one red line and exit 2; `--debug` shows the traceback.
+`vidact --help` lists the commands in the order of `COMMAND_ORDER` (a new command adds its
+name there); bad option values read without pydantic's "Value error," prefix, and flags
+show no value placeholder.
 """
 
 from __future__ import annotations
@@ -12,13 +15,63 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup, TyperOption
 
 from vidact import __version__, console
-from vidact.errors import VidactError
+from vidact.errors import VidactError, pydantic_reason
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The order `vidact --help` lists the commands in: the order people use them. A new command
+# adds its name here (tests/test_cli.py fails for a registered command that is missing).
+COMMAND_ORDER = (
+    "prepare",
+    "train",
+    "finetune",
+    "evaluate",
+    "predict",
+    "export",
+    "compare-tvl1",
+    "report",
+    "models",
+)
+
+
+class _VidactGroup(TyperGroup):
+    """The root command: commands in `COMMAND_ORDER`; option values that fail Typer's
+    (pydantic) validation are reported in the validator's own words."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        unlisted = len(COMMAND_ORDER)
+        return sorted(
+            names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else unlisted
+        )
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:  # e.g. --mode frame: "'frame' is not one of ..."
+            exc.message = pydantic_reason(exc.message)
+            raise
+
+
+def _flags_show_no_placeholder() -> None:
+    """Typer's rich help prints a value placeholder after every option, `<bool>` after
+    flags too, which take no value; flags show none (what click's plain help does).
+    Typer has no setting for it, so its one method that renders the placeholder is wrapped."""
+    render = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and not self.count else render(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_placeholder()
+
 app = typer.Typer(
+    cls=_VidactGroup,
     name="vidact",
     help=(
         "Video action recognition: prepare datasets, train and evaluate Representation-Flow "

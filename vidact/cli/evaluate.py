@@ -32,6 +32,8 @@ def _report(result: object) -> None:
         ("top-1 / top-5", f"{metrics['top1']:.2f}% / {metrics['top5']:.2f}%"),
         ("mean class accuracy", f"{metrics['mean_class_accuracy']:.2f}%"),
     ]
+    if "loss" in metrics:
+        rows.append(("loss", f"{metrics['loss']:.4f} (mean negative log-likelihood)"))
     for row in result.profile or []:
         name = row["model"]
         per_video = f"{row['gflops_per_video']:.4g} / video"

@@ -17,10 +17,12 @@ SetOption = Annotated[
         "--set", "-s", help="Override a recipe key, e.g. --set optim.lr=0.05 (repeatable)."
     ),
 ]
-OutputOption = Annotated[
+OutOption = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Run folder (default runs/<recipe>/<timestamp>)."),
+    typer.Option("--out", "-o", help="Run folder (default runs/<recipe>/<timestamp>)."),
 ]
+# --out is the name every command uses; --output, train's first name for it, still works.
+OutputAlias = Annotated[Path | None, typer.Option("--output", hidden=True)]
 
 
 def _report(result: object) -> None:
@@ -51,7 +53,8 @@ def train_command(
         str | None,
         typer.Option(help="'auto' (newest run of this recipe) or a checkpoint / run folder."),
     ] = None,
-    output: OutputOption = None,
+    out: OutOption = None,
+    output: OutputAlias = None,
 ) -> None:
     """Train a model from a recipe (one process, or DDP under torchrun).
 
@@ -65,7 +68,7 @@ def train_command(
     from vidact.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_ or [])
-    _report(train(loaded, resume=resume, output=output))
+    _report(train(loaded, resume=resume, output=out or output))
 
 
 @app.command("finetune")
@@ -77,7 +80,8 @@ def finetune_command(
         typer.Option("--from", help="A vidact checkpoint or a plain state_dict (.pt/.pth)."),
     ],
     set_: SetOption = None,
-    output: OutputOption = None,
+    out: OutOption = None,
+    output: OutputAlias = None,
 ) -> None:
     """Fine-tune pretrained weights on a new dataset; the classifier is replaced to fit
     the new label map. Freeze with --set train.freeze=backbone (or bn).
@@ -90,4 +94,4 @@ def finetune_command(
     from vidact.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_ or [])
-    _report(train(loaded, output=output, init_from=from_))
+    _report(train(loaded, output=out or output, init_from=from_))

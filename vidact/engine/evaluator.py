@@ -7,6 +7,16 @@ batches, averages each video's views (softmax by default, logits as an option) a
 for an ensemble, averages the models' video scores (CT-Net EN). Settings not given
 come from the `eval` section of each checkpoint's recipe.
 
+Scores that do not tie: with softmax averaging a video's score is the LOG of its mean
+probability (computed from log-softmax with logsumexp), which ranks classes as the mean
+probability does, but where a saturated model's probabilities round to exactly 0 and 1
+the log-probabilities still differ: ranking the probabilities themselves let such ties
+fall to the lowest class ids (a top-5 of 0% where training's validation, which ranks
+logits, said 25%). With one view it ranks as the logits do, so a one-view evaluation
+reproduces training's validation on every metric, its loss (the mean negative
+log-likelihood, `loss` in metrics.json) included. With `average: logits` the score is
+the mean logit.
+
 Resume (vidact.engine.score_cache): per-video scores are cached under
 `<out>/cache/<key>/`, one small .npz shard per `save_every` videos, written atomically;
 the key is a hash of everything that changes a score (checkpoint bytes, EMA, views,
@@ -24,6 +34,7 @@ ensemble average (`_fuse`), the metrics, `profile_members` (--profile), the repo
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +63,7 @@ from vidact.engine.score_cache import (
     write_shard,
 )
 from vidact.engine.trainer import build_model_for
-from vidact.errors import VidactError
+from vidact.errors import VidactError, pydantic_reason
 from vidact.recipe import EvalConfig, Recipe, load_recipe, recipe_from_dict
 
 __all__ = ["EvalResult", "Member", "evaluate", "load_member", "profile_members", "read_cache"]
@@ -78,7 +89,8 @@ class EvalResult:
     split: str
     metrics: dict[str, Any]  # empty on ranks other than 0
     videos: list[str] = field(default_factory=list)  # scored videos, manifest order
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (videos, classes)
+    # (videos, classes): the log of the mean probability, or the mean logit (_SCORE)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     labels: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
@@ -99,7 +111,7 @@ def _eval_config(recipe: Recipe, settings: dict[str, Any], path: Path) -> EvalCo
     except ValidationError as exc:
         error = exc.errors()[0]
         option = "--" + str(error["loc"][0]).replace("_", "-")
-        message = str(error["msg"]).removeprefix("Value error, ")
+        message = pydantic_reason(str(error["msg"]))
         raise VidactError(f"{option}: {message} (evaluating {path})") from None
 
 
@@ -220,8 +232,18 @@ class _Scorer:
         self.owners = self.owners[end:]
         for video in [v for v, rows in self.outputs.items() if len(rows) == self.views_per_video]:
             logits = torch.stack(self.outputs.pop(video)).double()
-            scores = logits.softmax(dim=1) if self.average == "softmax" else logits
-            self.done[video] = scores.mean(dim=0).numpy()
+            if self.average == "softmax":  # log of the mean softmax (module docstring)
+                scores = log_mean_exp(logits.log_softmax(dim=1).numpy())
+            else:
+                scores = logits.mean(dim=0).numpy()
+            self.done[video] = scores
+
+
+def log_mean_exp(log_values: np.ndarray) -> np.ndarray:
+    """log(mean(exp(x))) over axis 0, without underflow: the log of the mean probability
+    of rows of log-probabilities (views of a video, models of an ensemble)."""
+    log_values = np.asarray(log_values, dtype=np.float64)
+    return np.logaddexp.reduce(log_values, axis=0) - math.log(len(log_values))
 
 
 def _collect(scorers: list[_Scorer], into: dict[int, np.ndarray]) -> None:
@@ -296,7 +318,7 @@ def evaluate(
     if not info.is_main:
         return result
 
-    _fuse(result, read_cache(cache), samples, all_failed, manifest, first.labels)
+    _fuse(result, read_cache(cache), samples, all_failed, manifest, first.labels, cfg.average)
     if profile:
         result.profile = profile_members(members, device, amp)
         if scored:  # decode + views + forward, as this run went (rank 0's share)
@@ -334,6 +356,7 @@ def _open_cache(members: list[Member], manifest: Path, out_dir: Path, is_main: b
         "version": CACHE_VERSION,
         "manifest": sha256_file(manifest),
         "average": first.eval.average,
+        "score": _SCORE[first.eval.average],  # caches of probabilities are not reused
         "seed": first.recipe.train.seed,
         "models": [{"sha256": m.digest, "ema": m.ema, **m.spec.key()} for m in members],
     }
@@ -391,9 +414,10 @@ def score_videos(
 
 def _fuse(
     result: EvalResult, scores: dict[int, np.ndarray], samples: list[Sample],
-    failed: list[tuple[int, str]], manifest: Path, class_names: list[str],
+    failed: list[tuple[int, str]], manifest: Path, class_names: list[str], average: str,
 ) -> None:  # fmt: skip
-    """Fill `result` with the video scores, averaged over the models (CT-Net's EN)."""
+    """Fill `result` with the video scores, averaged over the models (CT-Net's EN): their
+    mean probability (as a log) with softmax averaging, their mean logit otherwise."""
     bad = {index for index, _ in failed}
     missing = [s.path for i, s in enumerate(samples) if i not in scores and i not in bad]
     if missing:
@@ -405,7 +429,8 @@ def _fuse(
             f"{failed[0][1]}); check data.root (--set data.root=...) and the videos"
         )
     result.videos = [samples[i].path for i in kept]
-    result.scores = np.stack([scores[i].astype(np.float64).mean(axis=0) for i in kept])
+    fuse = log_mean_exp if average == "softmax" else (lambda s: s.mean(axis=0))
+    result.scores = np.stack([fuse(scores[i].astype(np.float64)) for i in kept])
     result.labels = [samples[i].label for i in kept]
     result.class_names = class_names
     result.failed = [(samples[i].path, reason) for i, reason in failed]
@@ -417,18 +442,26 @@ def _metrics(result: EvalResult, members: list[Member], manifest: Path) -> dict[
     metrics = report.compute_metrics(result.scores, labels, len(result.class_names))
     for entry in metrics["per_class"]:
         entry["class"] = result.class_names[entry["id"]]
+    average = members[0].eval.average
+    if average == "softmax" and len(labels):  # training's val_loss: mean cross-entropy
+        metrics["loss"] = -float(result.scores[np.arange(len(labels)), labels].mean())
     return {
         "split": result.split,
         "manifest": str(manifest),
         "checkpoints": [str(m.path) for m in members],
         "ema": [m.ema for m in members],
         "views": result.views,
-        "average": members[0].eval.average,
+        "average": average,
+        "score": _SCORE[average],
         **metrics,
         "failed": len(result.failed),
         "failed_videos": [{"video": v, "reason": r} for v, r in result.failed],
         "profile": result.profile,
     }
+
+
+# What a video's score is (metrics.json "score", predictions.csv's topK_score).
+_SCORE = {"softmax": "log of the mean softmax probability", "logits": "mean logit"}
 
 
 def _gflops(macs: float) -> str:
@@ -440,14 +473,17 @@ def profile_members(
     members: list[Member], device: torch.device, amp: str = "none"
 ) -> list[dict[str, Any]]:
     """Parameters, GFLOPs (multiply-adds, as the papers count them) per view and per
-    video, and the measured forward latency of one video's views on `device`."""
+    video, and the measured forward latency of one video's views on `device`. Every
+    registered model family is profiled in tests/engine/test_profile.py."""
     rows = []
     for member in members:
         spec = member.spec
         view_shape = (spec.channels, spec.num_frames, spec.crop_size, spec.crop_size)
-        with torch.device("meta"):
-            meta = build_model_for(member.recipe, len(member.labels))
-        macs = count_macs(meta, (1, *view_shape))
+        # Counted on the evaluated model itself (one view's forward pass, a fraction of the
+        # latency runs below), not on a meta-device copy: the representation-flow layer
+        # reads its Sobel values and opens an autocast region, neither of which a meta
+        # tensor allows.
+        macs = count_macs(member.model, (1, *view_shape))
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         latency = measure_latency(
             member.model, (spec.num_views, *view_shape), warmup=1, repeats=3, device=device,

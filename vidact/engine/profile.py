@@ -15,6 +15,10 @@ second::
     with torch.device("meta"):
         model = build_model("ctnet_resnet50", num_classes=174, num_frames=8)
     params, macs = count_params_and_macs(model, (1, 3, 8, 256, 256))
+
+Not the representation-flow networks: their flow layer compares its Sobel kernels with
+the printed values and opens an autocast region, neither of which a meta tensor allows;
+count those on a real device (`vidact evaluate --profile` counts on the evaluated model).
 """
 
 from __future__ import annotations

@@ -81,13 +81,13 @@ def write_reports(
     k = top.shape[1]
     rows: list[list[Any]] = []
     for video, label, ids, row in zip(videos, labels, top, scores, strict=True):
-        cells: list[Any] = [video, int(label)]
+        cells: list[Any] = [video, int(label), class_names[int(label)]]
         for rank in range(k):
-            cells += [int(ids[rank]), f"{float(row[ids[rank]]):.6g}"]
+            cells += [int(ids[rank]), class_names[ids[rank]], f"{float(row[ids[rank]]):.6g}"]
         rows.append(cells)
-    header = ["video", "label"]
+    header = ["video", "label", "label_class"]
     for rank in range(1, k + 1):
-        header += [f"top{rank}", f"top{rank}_score"]
+        header += [f"top{rank}", f"top{rank}_class", f"top{rank}_score"]
     atomic_write_text(paths["predictions"], _csv([header, *rows]))
 
     per_class = [["class_id", "class", "videos", "correct", "accuracy"]]

@@ -42,7 +42,7 @@ import pydantic
 from pydantic import Field
 from torch import nn
 
-from vidact.errors import VidactError
+from vidact.errors import VidactError, pydantic_reason
 
 ModelFactory = Callable[..., nn.Module]
 COMMON_OPTIONS = ("num_classes", "num_frames", "dropout", "weights")
@@ -152,7 +152,7 @@ def check_model_options(name: str, options: Mapping[str, Any]) -> None:
         try:
             validator.validate_python(value)
         except pydantic.ValidationError as exc:
-            reason = " or ".join(dict.fromkeys(e["msg"] for e in exc.errors()))
+            reason = " or ".join(dict.fromkeys(pydantic_reason(e["msg"]) for e in exc.errors()))
             raise ModelOptionError(
                 f"model {name!r} option {key}={value!r} is not valid: {reason[0].lower()}"
                 f"{reason[1:]}",
