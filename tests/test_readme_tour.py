@@ -112,6 +112,17 @@ def _run_prepare(args: list[str], tour: Tour) -> None:
         pytest.fail(f"`vidact {shlex.join(args)}`: add it to NEEDS_DATA or run it here")
 
 
+def _run_report(args: list[str], tour: Tour) -> None:
+    """`vidact report` of the quickstart and its RGB twin: the twin is trained here at the
+    same small size, and the `<run>` of its folder names that run."""
+    rgb = tour.folder / "runs" / "quickstart_rgb"
+    if not rgb.exists():
+        _run_small(["train", "recipes/quickstart_rgb.yaml"], tour)
+    (run,) = rgb.iterdir()
+    twin = f"runs/quickstart_rgb/{tour.run}"
+    _run_small([f"runs/quickstart_rgb/{run.name}" if a == twin else a for a in args], tour)
+
+
 # How each command of the tour runs here. A new command: add its name and how to run it
 # against the quickstart (tour.run names the trained run), or its line to NEEDS_DATA.
 HANDLERS: dict[str, Callable[[list[str], Tour], None]] = {
@@ -122,6 +133,9 @@ HANDLERS: dict[str, Callable[[list[str], Tour], None]] = {
     "finetune": _run_small,
     "evaluate": _run_small,
     "compare-tvl1": _run_small,
+    "predict": _run_small,
+    "export": _run_small,
+    "report": _run_report,
 }
 
 
@@ -165,6 +179,7 @@ def test_the_tour_is_found_and_covers_the_commands() -> None:
     commands = tour_commands(README.read_text(encoding="utf-8"))
     names = {shlex.split(c)[1] for c in commands}
     assert {"prepare", "train", "finetune", "evaluate", "compare-tvl1", "models"} <= names
+    assert {"predict", "export", "report"} <= names
     assert any("--profile" in c for c in commands)
     assert any(c.startswith("vidact evaluate runs/") and "--profile" not in c for c in commands)
     assert all("#" not in c for c in commands)
