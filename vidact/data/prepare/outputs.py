@@ -18,6 +18,7 @@ from typing import Any
 from vidact.atomic import atomic_write_text
 from vidact.constants import FLOW_BOUND
 from vidact.data.manifest import Sample, write_manifest
+from vidact.data.prepare.faults import EXIT_OK, Outcome
 from vidact.data.prepare.frames import FLOW_QUALITY, short_reason
 from vidact.data.prepare.options import PrepareOptions, flow_path, output_path
 from vidact.data.sources.common import SourceDataset, SourceRecord
@@ -224,6 +225,7 @@ class PrepareSummary:
     flow_bound: float = FLOW_BOUND
     flow_pairs_written: int = 0  # x/y JPEG pairs written by this run
     estimated_flow_bytes: int = 0
+    outcome: Outcome = field(default_factory=lambda: Outcome(EXIT_OK))  # exit code, why
 
     @property
     def videos_per_second(self) -> float:

@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 
 from vidact.atomic import atomic_dir, atomic_path
+from vidact.data.prepare.decoder_log import send_stderr_to
+from vidact.data.prepare.faults import source_problem
 from vidact.data.prepare.frames import (
     DecodeError,
     FlowWriter,
@@ -28,6 +30,7 @@ from vidact.data.prepare.frames import (
     write_frames,
     write_video,
 )
+from vidact.data.prepare.lifeline import die_with, parent_death_signal
 from vidact.data.prepare.options import (
     ExtraStep,
     PrepareOptions,
@@ -39,8 +42,6 @@ from vidact.data.prepare.options import (
 )
 from vidact.data.video import decord_available
 from vidact.errors import VideoReadError
-
-MISSING = "missing"
 
 
 def _remove_debris(target: Path, mode: str) -> None:
@@ -153,8 +154,10 @@ def prepare_video(
     extra_step: ExtraStep | None = None,
 ) -> VideoResult:
     """Produce one video's output under `out` atomically. Never raises for a bad video."""
-    if not os.path.exists(job.source):
-        return VideoResult(job.key, "missing", reason=MISSING)
+    problem = source_problem(job.source, frame_folder=job.folder_fps is not None)
+    if problem is not None:
+        status, reason = problem
+        return VideoResult(job.key, "missing" if status == "missing" else "failed", reason=reason)
     try:
         return _prepare(job, Path(out), options, extra_step)
     except OSError as exc:
@@ -194,8 +197,15 @@ def keep_freed_memory() -> bool:
     )
 
 
-def init_worker() -> None:
+def init_worker(parent: int | None = None, decoder_log: str | None = None) -> None:
+    """A worker's set-up: it ends with process `parent` (the run's main process), leaves
+    Ctrl-C to it, writes its stderr (the decoders' messages) to `decoder_log`."""
+    if parent is not None:
+        die_with(parent)
+        parent_death_signal()  # and with the fork server, its parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    if decoder_log is not None:
+        send_stderr_to(decoder_log)
     keep_freed_memory()
     cv2.setNumThreads(1)  # parallelism comes from the pool; OpenCV threads oversubscribe
     if decord_available():  # load it now, while the parent estimates, not on video one
