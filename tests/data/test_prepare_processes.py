@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import write_video
 from tests.data.fake_datasets import make_folder
+from tests.data.process_scan import HAS_PROC, session_processes, survivors_after
 from vidact.data import video
 from vidact.data.prepare.frames import decord_to_numpy
 from vidact.data.prepare.pipeline import prepare
@@ -186,30 +187,6 @@ if __name__ == "__main__":
 """
 
 
-def session_processes(session: int) -> list[str]:
-    """'pid comm' of every live process of `session` (from /proc: no psutil)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        comm, _, rest = text.partition("(")[2].rpartition(")")
-        fields = rest.split()
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(f"{entry.name} {comm}")
-    return found
-
-
-def survivors_after(session: int, seconds: float) -> list[str]:
-    deadline = time.monotonic() + seconds
-    while (alive := session_processes(session)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return alive
-
-
 def files_of(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
@@ -218,7 +195,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc")
 @needs_fork_server
 @pytest.mark.parametrize("how", ["kill -9 main", "SIGTERM group"])
 def test_a_killed_or_stopped_run_leaves_no_process_and_resumes_exactly(
