@@ -43,7 +43,7 @@ from pebble import ProcessExpired, ProcessPool
 from vidact import console
 from vidact.data.prepare import worker
 from vidact.data.prepare.options import ExtraStep, PrepareOptions, VideoJob, VideoResult
-from vidact.data.prepare.worker import init_worker, prepare_video
+from vidact.data.prepare.worker import init_worker, prepare_video, remove_debris
 from vidact.errors import VidactError
 
 WORKER_DIED = "the worker died while reading it (decoder crash or out of memory)"
@@ -225,8 +225,10 @@ class _PoolRun:
                 try:
                     result = finished.result()
                 except TimeoutError:  # pebble has ended its worker
+                    remove_debris(job, *self.args[:2])
                     result = timed_out(job, self.settings.video_timeout or 0.0)
                 except ProcessExpired as exc:  # its worker died on this very video
+                    remove_debris(job, *self.args[:2])
                     if exc.exitcode in _SIGNALLED:  # stopped from outside: not the video's fault
                         pending.appendleft(job)
                         continue

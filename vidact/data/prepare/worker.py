@@ -67,6 +67,14 @@ def _remove_debris(target: Path, mode: str) -> None:
                 path.unlink(missing_ok=True)
 
 
+def remove_debris(job: VideoJob, out: Path, options: PrepareOptions) -> None:
+    """The temporary outputs a killed or stopped worker left for `job` (only its own)."""
+    if options.mode != "none":
+        _remove_debris(out / output_path(job.key, options.mode), options.mode)
+    if options.with_flow:
+        _remove_debris(out / flow_path(job.key), "frames")
+
+
 def _probe_source(job: VideoJob, options: PrepareOptions) -> int:
     """--mode none: the frames a reader decodes from the whole source (the manifest's
     start/end then say which segment the annotation means)."""
@@ -131,13 +139,9 @@ def _prepare(
         # The manifest indexes the whole file (start/end are recorded, not cut), so the
         # flow covers the whole file too: flow frame t is always frame t -> t + 1.
         job = dataclasses.replace(job, start=None, end=None)
-        target = None
-    else:
-        target = out / output_path(job.key, options.mode)
-        _remove_debris(target, options.mode)
+    remove_debris(job, out, options)
+    target = None if options.mode == "none" else out / output_path(job.key, options.mode)
     flow_target = out / flow_path(job.key) if options.with_flow else None
-    if flow_target is not None:
-        _remove_debris(flow_target, "frames")
     reasons = []
     for name, make in frame_readers(job, options):  # the next reader where one fails
         try:

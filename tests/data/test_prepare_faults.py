@@ -1,0 +1,125 @@
+"""prepare under faults: sources that are no regular file (a FIFO, a directory, an empty
+file) are failed with their reason before anything opens them, a decoder that hangs is
+stopped by --video-timeout, the exit code says how the run went, and the decoders' own
+messages stay out of the terminal (in OUT/.prepare/decoders.log)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.data.fake_datasets import corrupt, make_folder, read_jsonl
+from vidact.cli import app
+from vidact.data.manifest import load_manifest
+from vidact.data.prepare.faults import (
+    EXIT_NOTHING_PREPARED,
+    EXIT_OK,
+    EXIT_TOO_MANY_FAILED,
+    outcome,
+)
+from vidact.data.prepare.options import PrepareOptions, VideoJob
+from vidact.data.prepare.pipeline import prepare, prepare_dataset
+from vidact.data.sources.folder import load_folder
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _reasons(out: Path) -> dict[str, str]:
+    return {str(f["key"]): str(f["reason"]) for f in read_jsonl(out / "failures.jsonl")}
+
+
+@pytest.mark.timeout(120)  # a FIFO that is opened blocks forever: fail, never hang
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fifo_directory_and_empty_file_are_failed_with_their_reason(
+    tmp_path: Path, workers: int
+) -> None:
+    data = make_folder(tmp_path / "ds", {"cats": 2, "dogs": 2})
+    os.mkfifo(data.videos / "cats" / "pipe.mp4")
+    (data.videos / "dogs" / "folder.mp4").mkdir()
+    (data.videos / "dogs" / "folder.mp4" / "inner.mp4").write_bytes(b"never looked at")
+    (data.videos / "dogs" / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    summary = prepare("folder", data.videos, None, out, short_side=32, workers=workers)
+    assert (summary.done, summary.failed, summary.missing) == (4, 3, 0)
+    assert _reasons(out) == {
+        "cats/pipe": "a FIFO (named pipe), not a regular file: it is never opened",
+        "dogs/folder": "a directory, not a video",
+        "dogs/empty": "empty (0 bytes)",
+    }
+    assert len(load_manifest(out / "train.jsonl")) == 4
+    assert summary.outcome.code == EXIT_TOO_MANY_FAILED  # 3 of 7
+
+
+def hang_on_slow(job: VideoJob, output: Path) -> int:
+    """An extra step that hangs on one video, as a stuck decoder would."""
+    if job.key.endswith("clip_1"):
+        time.sleep(600)
+    return 0
+
+
+@pytest.mark.timeout(120)
+def test_video_timeout_fails_a_hanging_video_and_the_run_goes_on(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "ds", {"cats": 3})
+    source = load_folder(data.videos)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    summary = prepare_dataset(
+        source,
+        out,
+        PrepareOptions(short_side=32),
+        workers=1,
+        extra_step=hang_on_slow,
+        video_timeout=2,
+    )
+    assert time.monotonic() - start < 60
+    assert (summary.done, summary.failed) == (2, 1)
+    assert _reasons(out) == {
+        "cats/cats_clip_1": "not finished within --video-timeout 2 s (a decoder that hangs?)"
+    }
+    assert not list((out / "frames" / "cats").glob(".*"))  # the stopped video's debris
+
+
+def test_outcome_codes() -> None:
+    assert outcome(100, 100, 0, 0.1, "f").code == EXIT_OK
+    assert outcome(100, 90, 10, 0.1, "f").code == EXIT_OK  # at most --max-failed
+    assert outcome(100, 89, 11, 0.1, "f").code == EXIT_TOO_MANY_FAILED
+    assert outcome(100, 99, 1, 0.0, "f").code == EXIT_TOO_MANY_FAILED
+    nothing = outcome(3, 0, 3, 1.0, "OUT/failures.jsonl")
+    assert nothing.code == EXIT_NOTHING_PREPARED  # whatever --max-failed says
+    assert nothing.message == "not one of the 3 videos could be prepared; see OUT/failures.jsonl"
+
+
+def test_exit_code_4_when_no_video_could_be_prepared(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "ds", {"cats": 2})
+    for path in (data.videos / "cats").iterdir():
+        corrupt(path)
+    args = ["prepare", "folder", "--videos", str(data.videos), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--workers", "0", "--max-failed", "1"])
+    assert result.exit_code == EXIT_NOTHING_PREPARED, result.output
+    assert "not one of the 2 videos could be prepared" in result.output
+    assert "2 unreadable, 0 missing" in result.stdout  # the summary comes first
+
+
+def test_decoder_messages_go_to_the_log_not_the_terminal(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "ds", {"cats": 2})
+    bad = data.videos / "cats" / "cats clip 0.mp4"
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) // 2])  # no index (moov): FFmpeg complains on stderr
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "vidact", "prepare", "folder", "--videos", str(data.videos),
+         "--out", str(out), "--short-side", "32", "--workers", "1", "--max-failed", "1"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    log = (out / ".prepare" / "decoders.log").read_text()
+    assert "moov atom not found" in log or "[mov,mp4" in log, log
+    assert "moov" not in result.stderr and "[mov,mp4" not in result.stderr, result.stderr
