@@ -11,11 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import av
+import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import frame_index_of, numbered_frames
 from tests.data.fake_datasets import corrupt, make_folder, read_jsonl
 from vidact.cli import app
+from vidact.data import video
 from vidact.data.manifest import load_manifest
 from vidact.data.prepare.faults import (
     EXIT_NOTHING_PREPARED,
@@ -123,3 +128,54 @@ def test_decoder_messages_go_to_the_log_not_the_terminal(tmp_path: Path) -> None
     log = (out / ".prepare" / "decoders.log").read_text()
     assert "moov atom not found" in log or "[mov,mp4" in log, log
     assert "moov" not in result.stderr and "[mov,mp4" not in result.stderr, result.stderr
+
+
+def _faststart_mp4(path: Path, frames: np.ndarray) -> Path:
+    """An MPEG-4 file with its index (moov) before the data, as cameras and YouTube write
+    them: cut short, its header still lists every frame."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _sequential_count(path: Path) -> int:
+    """The slow literal reference: decode from the start until the decoder stops."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+@pytest.mark.parametrize("mode", ["none", "frames"])
+def test_a_truncated_video_records_the_frames_that_decode_with_a_warning(
+    tmp_path: Path, mode: str
+) -> None:
+    videos = tmp_path / "ds" / "clips"
+    whole = _faststart_mp4(videos / "whole.mp4", numbered_frames(60))
+    cut = _faststart_mp4(videos / "cut.mp4", numbered_frames(60))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])
+    assert cv2.VideoCapture(str(cut)).get(cv2.CAP_PROP_FRAME_COUNT) == 60  # the header
+    decodable = _sequential_count(cut)
+    assert 0 < decodable < 60 and _sequential_count(whole) == 60
+    out = tmp_path / "out"
+    summary = prepare("folder", tmp_path / "ds", None, out, mode=mode, short_side=0, workers=0)
+    assert (summary.done, summary.failed, summary.warnings) == (2, 0, 1)
+    samples = {Path(s.path).stem: s for s in load_manifest(out / "train.jsonl")}
+    assert (samples["whole"].num_frames, samples["cut"].num_frames) == (60, decodable)
+    (entry,) = read_jsonl(out / "failures.jsonl")
+    assert entry["key"] == "clips/cut" and entry["status"] == "warning"
+    assert entry["reason"] == (
+        f"truncated: {decodable} of the 60 frames its header lists decode (the rest is cut off)"
+    )
+    # every frame the manifest lists can be read, in order (the last one, cut in the
+    # middle, is completed by the decoder from the one before)
+    frames = video.read_frames(out / samples["cut"].path, range(decodable))
+    assert [frame_index_of(f) for f in frames[:-1]] == list(range(decodable - 1))
+    assert summary.outcome.code == EXIT_OK  # a warning is no failure

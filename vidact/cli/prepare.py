@@ -162,12 +162,16 @@ def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:
         rows.append(("manifests", ", ".join(f"{k} {v}" for k, v in summary.manifests.items())))
     else:
         rows.append(("manifests", f"not yet: {summary.pending} videos left to other shards"))
-    if summary.failed or summary.missing:
+    if summary.warnings:
+        rows.append(("warnings", f"{summary.warnings} prepared with a warning (e.g. truncated)"))
+    if summary.failed or summary.missing or summary.warnings:
         rows.append(("failures", str(summary.out / "failures.jsonl")))
     if summary.missing_examples:
         rows.append(("missing e.g.", ", ".join(summary.missing_examples[:3])))
     for example in summary.failure_examples[:3]:
         rows.append(("failed e.g.", example))
+    for example in summary.warning_examples[:3]:
+        rows.append(("warning e.g.", example))
     return rows
 
 

@@ -112,6 +112,7 @@ class _Tally:
     flow_pairs: int = 0
     missing: list[str] = field(default_factory=list)  # file names
     failures: list[str] = field(default_factory=list)  # "key: reason"
+    warnings: list[str] = field(default_factory=list)  # "key: warning", of done videos
 
 
 def _record(
@@ -131,6 +132,7 @@ def _record(
             entry["flow"] = result.flow_pairs
         if result.warning:
             entry["warning"] = result.warning
+            tally.warnings.append(f"{result.key}: {result.warning}")
         done_log.write(json.dumps(entry, ensure_ascii=False) + "\n")
         done_log.flush()
         return
@@ -138,7 +140,7 @@ def _record(
         tally.missing.append(Path(video).name)
     else:
         tally.failures.append(f"{result.key}: {result.reason}")
-    entry = {"key": result.key, "video": video, "reason": result.reason}
+    entry = {"key": result.key, "video": video, "reason": result.reason, "status": result.status}
     failed_log.write(json.dumps(entry, ensure_ascii=False) + "\n")
     failed_log.flush()
 
@@ -376,6 +378,8 @@ def _finish(
         pending=pending,
         missing_examples=sorted(tally.missing)[:5],
         failure_examples=tally.failures[:5],
+        warnings=len(tally.warnings),
+        warning_examples=tally.warnings[:5],
         notes=notes,
         flow=options.flow,
         flow_backend=options.flow_backend if options.with_flow else "",

@@ -24,9 +24,11 @@ from vidact.data.prepare.frames import (
     DecodeError,
     FlowWriter,
     Frames,
+    decodable_frames,
     feed_flow,
     frame_readers,
     short_reason,
+    truncation,
     write_frames,
     write_video,
 )
@@ -75,17 +77,22 @@ def remove_debris(job: VideoJob, out: Path, options: PrepareOptions) -> None:
         _remove_debris(out / flow_path(job.key), "frames")
 
 
-def _probe_source(job: VideoJob, options: PrepareOptions) -> int:
+def _probe_source(job: VideoJob, options: PrepareOptions) -> tuple[int, str]:
     """--mode none: the frames a reader decodes from the whole source (the manifest's
-    start/end then say which segment the annotation means)."""
+    start/end then say which segment the annotation means), and a warning if that is
+    fewer than the header lists (a truncated file)."""
     from vidact.data.video import probe
 
     info = probe(job.source, backend=options.backend)
+    frames = info.num_frames
+    if info.backend != "frames":
+        frames = decodable_frames(job.source, info.num_frames)
+    warning = truncation(frames, info.num_frames) if frames < info.num_frames else ""
     if (job.start is not None or job.end is not None) and not select_indices(
-        info.num_frames, info.fps, None, job.start, job.end
+        frames, info.fps, None, job.start, job.end
     ):
-        return 0
-    return info.num_frames
+        return 0, warning
+    return frames, warning
 
 
 def _write_unit(
@@ -123,7 +130,9 @@ def _write_unit(
             size += flow_bytes
         if extra_step is not None and tmp is not None:
             size += extra_step(job, tmp)
-    return VideoResult(job.key, "done", count, size, flow_pairs=pairs)
+    return VideoResult(
+        job.key, "done", count, size, flow_pairs=pairs, warning=frames_source.truncated
+    )
 
 
 def _prepare(
@@ -131,11 +140,11 @@ def _prepare(
 ) -> VideoResult:
     """`prepare_video` without its last line of defence: OSError and reader errors raise."""
     if options.mode == "none":
-        frames = _probe_source(job, options)
+        frames, warning = _probe_source(job, options)
         if frames <= 0:
             return VideoResult(job.key, "failed", reason="the clip segment lies outside the video")
         if not options.with_flow:
-            return VideoResult(job.key, "done", frames, 0)
+            return VideoResult(job.key, "done", frames, 0, warning=warning)
         # The manifest indexes the whole file (start/end are recorded, not cut), so the
         # flow covers the whole file too: flow frame t is always frame t -> t + 1.
         job = dataclasses.replace(job, start=None, end=None)
