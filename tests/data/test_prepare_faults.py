@@ -6,6 +6,7 @@ messages stay out of the terminal (in OUT/.prepare/decoders.log)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from vidact.data.prepare.faults import (
     EXIT_NOTHING_PREPARED,
     EXIT_OK,
     EXIT_TOO_MANY_FAILED,
+    PrepareStopped,
     outcome,
 )
 from vidact.data.prepare.options import PrepareOptions, VideoJob
@@ -179,3 +181,31 @@ def test_a_truncated_video_records_the_frames_that_decode_with_a_warning(
     frames = video.read_frames(out / samples["cut"].path, range(decodable))
     assert [frame_index_of(f) for f in frames[:-1]] == list(range(decodable - 1))
     assert summary.outcome.code == EXIT_OK  # a warning is no failure
+
+
+def sigterm_on_third(job: VideoJob, output: Path) -> int:
+    """An extra step that sends this process a SIGTERM while the third video is written."""
+    if job.key.endswith("clip_2"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    return 0
+
+
+def test_sigterm_in_process_stops_with_one_line_and_resumes(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "ds", {"cats": 4})
+    source, out = load_folder(data.videos), tmp_path / "out"
+    options = PrepareOptions(short_side=32)
+    with pytest.raises(PrepareStopped) as stop:
+        prepare_dataset(source, out, options, workers=0, extra_step=sigterm_on_third)
+    assert stop.value.exit_code == 143
+    assert str(stop.value) == (
+        "stopped by SIGTERM: 2 videos finished in this run and recorded (2 of 4 done in "
+        "all); run the same command again to resume"
+    )
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone again
+    assert sorted(p.name for p in (out / "frames" / "cats").iterdir()) == [
+        "cats_clip_0",
+        "cats_clip_1",
+    ]  # no debris of the third
+    summary = prepare_dataset(source, out, options, workers=0)
+    assert (summary.skipped, summary.done) == (2, 2)

@@ -258,8 +258,9 @@ def _execute(
     decoder_log = run.state.dir / DECODER_LOG
     # The worker processes start (and import) while this process estimates the output.
     pool = start_pool(workers, decoder_log) if workers > 0 and run.todo else None
+    stop = StopSignals(at_once=workers <= 0)
     try:
-        with StopSignals(at_once=workers <= 0) as stop:
+        with stop:
             with stderr_to(decoder_log):  # the sample decodes' FFmpeg messages
                 estimate = estimate_output_bytes(run.todo, run.out, run.options)
             _announce(estimate, len(run.todo), run.skipped)
@@ -274,6 +275,8 @@ def _execute(
             finally:
                 results.close()  # stops the worker pool if we leave early
         return tally, estimate, time.perf_counter() - start
+    except StopNow as now:  # before the first video (the estimate)
+        raise stopped(now.signum, 0, run.skipped, len(run.todo) + run.skipped) from None
     finally:
         if pool is not None:  # never used (disk check), or already stopped by run_jobs
             stop_pool(pool)
