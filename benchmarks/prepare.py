@@ -159,7 +159,8 @@ def _children_cpu() -> float:
 
 
 def _child_pids() -> set[int] | None:
-    """The processes whose parent is this one (Linux's /proc), None elsewhere."""
+    """The processes whose parent is this one (Linux's /proc), None elsewhere; not the
+    resource tracker, which a first spawned pool starts and all later ones share."""
     if not Path("/proc/self/stat").exists():
         return None
     me, found = os.getpid(), set()
@@ -169,9 +170,16 @@ def _child_pids() -> set[int] | None:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == me:
+            if int(fields[1]) == me and b"resource_tracker" not in _cmdline(entry):
                 found.add(int(entry.name))
     return found
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _pool_cpu(pids: set[int] | None) -> float | None:
