@@ -270,3 +270,22 @@ def image_count(folder: Path) -> int:
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_frame_folder_classes(
+    root: Path, per_class: dict[str, int] | None = None, template: str = "frame_{:06d}.png"
+) -> FakeDataset:
+    """<class>/<video>/<numbered images>: class folders of frame folders (0-based PNGs by
+    default, as many frame dumps are)."""
+    per_class = per_class or {"cats": 3, "dogs": 2}
+    videos = root / "frames"
+    data = FakeDataset(videos, videos, sorted(per_class), {"train": sum(per_class.values())})
+    for name, count in per_class.items():
+        for i in range(count):
+            frames = _frames_for(i)
+            folder = videos / name / f"{name} clip {i}"
+            folder.mkdir(parents=True)
+            for number, frame in enumerate(numbered_frames(frames, HEIGHT, WIDTH)):
+                cv2.imwrite(str(folder / template.format(number)), frame[..., ::-1])
+            data.frames[folder.name] = frames
+    return data

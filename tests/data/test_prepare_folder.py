@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.fake_datasets import make_folder
+from tests.conftest import frame_index_of, numbered_frames, write_video
+from tests.data.fake_datasets import image_count, make_folder, make_frame_folder_classes
+from vidact.data import video
+from vidact.data.class_order import read_class_info
 from vidact.data.manifest import load_manifest, read_label_map
 from vidact.data.prepare.pipeline import prepare
 from vidact.data.sources.folder import load_folder
@@ -62,3 +65,46 @@ def test_empty_class_folder_and_bad_fraction(tmp_path: Path) -> None:
         load_folder(data.videos)
     with pytest.raises(VidactError, match="--val-fraction"):
         load_folder(data.videos, val_fraction=1.5)
+
+
+@pytest.mark.parametrize("mode", ["frames", "none"])
+def test_class_folders_of_frame_folders(tmp_path: Path, mode: str) -> None:
+    data = make_frame_folder_classes(tmp_path / "f")
+    out = tmp_path / "out"
+    summary = prepare("folder", data.videos, None, out, mode=mode, workers=0)
+    assert summary.manifests == {"train": 5} and summary.failed == 0
+    samples = load_manifest(out / "train.jsonl", num_classes=2)
+    assert {s.label_name for s in samples} == {"cats", "dogs"}
+    for sample in samples:
+        name = Path(sample.path).name.replace("_", " ")
+        assert sample.num_frames == data.frames[name]
+        frames = video.read_all_frames(out / sample.path)
+        assert [frame_index_of(f) for f in frames] == list(range(sample.num_frames))
+    assert read_class_info(out)["order"] == "sorted"
+
+
+def test_a_forced_frame_pattern_and_what_prepare_folder_accepts(tmp_path: Path) -> None:
+    data = make_frame_folder_classes(tmp_path / "f", {"cats": 2}, template="left_{:05d}.jpg")
+    for folder in (data.videos / "cats").iterdir():  # a second camera in every folder
+        for image in folder.glob("*.jpg"):
+            (folder / image.name.replace("left", "right")).write_bytes(image.read_bytes())
+    unsure = prepare("folder", data.videos, None, tmp_path / "o1", workers=0)
+    assert unsure.failed == 2
+    assert (
+        "several numbered image sequences (left_N.jpg, right_N.jpg); give --frame-pattern"
+        in (unsure.failure_examples[0])
+    )
+    out = tmp_path / "o2"
+    summary = prepare("folder", data.videos, None, out, frame_pattern="right_{:05d}.jpg")
+    assert summary.done == 2 and summary.failed == 0
+    for sample in load_manifest(out / "train.jsonl"):
+        assert (
+            image_count(out / sample.path) == data.frames[Path(sample.path).name.replace("_", " ")]
+        )
+    (data.videos / "dogs").mkdir()
+    write_video(data.videos / "dogs" / "d.mp4", numbered_frames(4))
+    with pytest.raises(VidactError, match="holds both video files and frame folders"):
+        load_folder(data.videos)
+    (data.videos / "dogs" / "d.mp4").unlink()
+    with pytest.raises(VidactError, match=r"class folders without frame folders: dogs.*<class>/"):
+        load_folder(data.videos)

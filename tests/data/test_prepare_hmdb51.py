@@ -47,3 +47,13 @@ def test_annotations_folder_without_split_files(tmp_path: Path) -> None:
     data = make_hmdb51(tmp_path / "h")
     with pytest.raises(VidactError, match="no HMDB51 split files"):
         load_hmdb51(data.videos, data.videos)
+
+
+def test_an_empty_split_file_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    data = make_hmdb51(tmp_path / "h")
+    split_file = sorted(data.annotations.glob("*_test_split1.txt"))[0]
+    split_file.write_text("")
+    out = tmp_path / "out"
+    with pytest.raises(VidactError, match=rf"{split_file.name}: empty \(0 bytes\)"):
+        prepare("hmdb51", data.videos, data.annotations, out, mode="none")
+    assert not out.exists()

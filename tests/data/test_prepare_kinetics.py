@@ -87,3 +87,15 @@ def test_bad_csv_names_the_file_and_column(tmp_path: Path) -> None:
     (data.annotations / "train.csv").write_text("label,ytid,start,end\nx,y,0,10\n")
     with pytest.raises(VidactError, match=r"train.csv: not a Kinetics CSV: no column 'youtube_id'"):
         load_kinetics(data.videos, data.annotations)
+
+
+def test_an_empty_csv_is_one_line_and_a_clip_in_two_splits_is_a_warning(tmp_path: Path) -> None:
+    data = make_kinetics(tmp_path / "k", missing=0)
+    train, val = data.annotations / "train.csv", data.annotations / "validate.csv"
+    row = train.read_text().splitlines()[1].replace(",train,", ",val,")
+    val.write_text(val.read_text().rstrip("\n") + "\n" + row + "\n")
+    dataset = load_kinetics(data.videos, data.annotations)
+    assert any(note.startswith("1 clips are in both train and val") for note in dataset.notes)
+    train.write_text("")
+    with pytest.raises(VidactError, match=r"train.csv: empty \(0 bytes\)"):
+        load_kinetics(data.videos, data.annotations)

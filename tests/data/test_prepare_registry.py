@@ -23,14 +23,18 @@ OFFICIAL = ["hmdb51", "kinetics", "sthv1", "sthv2", "ucf101"]
 
 
 def test_the_registry_finds_every_source_module_by_itself() -> None:
-    assert list(dataset_sources()) == ["folder", *OFFICIAL]
+    assert list(dataset_sources()) == sorted(["folder", "list", *OFFICIAL])
     for name, source in dataset_sources().items():
         assert source.name == name
         assert "Examples:" in source.help and f"vidact prepare {name}" in source.help
     assert [option.flag for option in dataset_source("folder").options] == [
         "--val-fraction",
         "--seed",
+        "--frame-pattern",
+        "--frame-rate",
     ]
+    for name in ("sthv1", "sthv2", "ucf101"):  # the datasets that ship a labels file
+        assert "--class-order" in [option.flag for option in dataset_source(name).options]
     assert not dataset_source("folder").annotations
 
 
@@ -80,7 +84,7 @@ def test_settings_split_into_their_dataclasses_and_unknown_ones_are_refused() ->
         split_settings({"seed": 1})  # another dataset's own option
 
 
-@pytest.mark.parametrize("dataset", ["folder", *OFFICIAL])
+@pytest.mark.parametrize("dataset", ["folder", "list", *OFFICIAL])
 def test_every_setting_with_a_flag_is_an_option_of_every_command(dataset: str) -> None:
     result = runner.invoke(app, ["prepare", dataset, "--help"], terminal_width=200)
     assert result.exit_code == 0

@@ -212,7 +212,9 @@ def _dataset_command(source: DatasetSource) -> Callable[..., None]:
     """`vidact prepare <source.name>`: --videos, --annotations (where it needs them), --out,
     the dataset's own options, then the prepare settings."""
     parameters = [
-        _option("videos", Path, ..., "--videos", "Folder that holds the dataset's videos."),
+        _option(
+            "videos", Path, ..., source.videos_flags, "Folder that holds the dataset's videos."
+        ),
     ]
     if source.annotations:
         help = "The official annotation file(s) or their folder."

@@ -1,4 +1,5 @@
-"""Reading frames: video files (decord first, OpenCV as fallback) and JPEG frame folders.
+"""Reading frames: video files (decord first, OpenCV as fallback) and frame folders (any
+numbered image sequence, `vidact.data.frame_folder`).
 
 Everything returns uint8 RGB arrays of shape (T, H, W, 3). Every failure to read, for
 any reason, raises `VideoReadError(path, reason)`.
@@ -29,6 +30,7 @@ from typing import Any, Literal, TypeVar
 import cv2
 import numpy as np
 
+from vidact.data.frame_folder import scan_folder
 from vidact.errors import VideoReadError
 
 Backend = Literal["auto", "decord", "opencv"]
@@ -91,7 +93,7 @@ def read_frames(path: str | Path, indices: Sequence[int], backend: str | None = 
     if min(index_list) < 0:
         raise VideoReadError(path, f"negative frame index {min(index_list)}")
     if path.is_dir():
-        return _read_folder(path, index_list, FRAME_TEMPLATE)
+        return _read_sequence(path, index_list)
     return _with_fallback(
         path,
         backend,
@@ -134,7 +136,7 @@ def probe_and_read(
 
     if path.is_dir():
         info = _probe_folder(path)
-        return info, _read_folder(path, _picked(path, pick, info.num_frames), FRAME_TEMPLATE)
+        return info, _read_sequence(path, _picked(path, pick, info.num_frames))
     return _with_fallback(path, backend, with_decord, with_opencv)
 
 
@@ -312,11 +314,26 @@ def _count_matching(folder: Path, template: str) -> int:
 
 
 def _probe_folder(folder: Path) -> VideoInfo:
-    num = _count_matching(folder, FRAME_TEMPLATE)
-    if num == 0:
-        raise VideoReadError(folder, f"frame folder has no {FRAME_TEMPLATE.format(1)}-style images")
-    first = _imread(folder / FRAME_TEMPLATE.format(1), gray=False)
-    return VideoInfo(num, 0.0, first.shape[1], first.shape[0], "frames")
+    """Any numbered image sequence (`vidact.data.frame_folder`: img_00001.jpg, 00001.jpg,
+    frame_000001.png ...), its pattern detected once per folder."""
+    frames = scan_folder(folder)
+    first = _imread(frames.path(0), gray=False)
+    return VideoInfo(len(frames), 0.0, first.shape[1], first.shape[0], "frames")
+
+
+def _read_sequence(folder: Path, indices: list[int]) -> np.ndarray:
+    """Frames `indices` of a folder's image sequence: frame i is its i-th image."""
+    frames = scan_folder(folder)
+    if max(indices) >= len(frames):
+        raise VideoReadError(
+            folder, f"frame {max(indices)} requested but the folder has {len(frames)}"
+        )
+    unique = sorted(set(indices))
+    images = [_imread(frames.path(i), gray=False) for i in unique]
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise VideoReadError(folder, f"frames differ in size: {sorted(shapes)}")
+    return _gather(np.stack(images), unique, indices)
 
 
 def _read_folder(folder: Path, indices: list[int], template: str, gray: bool = False) -> np.ndarray:

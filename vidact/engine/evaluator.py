@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vidact import console
+from vidact.data.class_order import check_checkpoint_classes
 from vidact.data.manifest import Sample, load_manifest, read_label_map
 from vidact.data.views import VideoViews, ViewSpec
 from vidact.engine import distributed, report
@@ -270,6 +271,10 @@ def evaluate(
     settings = {k: v for k, v in given.items() if v is not None}
     members = load_members(checkpoints, settings, use_ema, tuple(overrides), recipe)
     first = members[0]
+    check_checkpoint_classes(  # a recipe's label map is the one given: only the order is known
+        first.path, None if recipe else first.labels,
+        Path(first.recipe.data.root) / first.recipe.data.label_map, "evaluate",
+    )  # fmt: skip
     cfg = first.eval
     manifest = split_manifest(first.recipe, cfg.split)
     samples = load_manifest(manifest, check_files=False, num_classes=len(first.labels))

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from vidact import console
 from vidact.atomic import atomic_write_text
+from vidact.data.class_order import check_checkpoint_file
 from vidact.data.dataset import ClipDataset, ClipSpec, EpochBatchSampler, build_loader
 from vidact.data.manifest import load_manifest, read_label_map
 from vidact.data.transforms import ClipTransform
@@ -270,6 +271,10 @@ def train(
     if resume == "auto" and resume_path is None:
         console.info("--resume auto: no earlier run of this recipe, starting fresh")
     _seed(cfg)
+    check_checkpoint_file(  # the checkpoint's classes must be the dataset's, in its order
+        resume_path or init_from, Path(recipe.data.root) / recipe.data.label_map,
+        "resume" if resume_path is not None else "finetune",
+    )  # fmt: skip
     run_dir = run_folder(recipe, output_path, resume_path)
     run = build_run(recipe, info, run_dir, init_from if resume_path is None else None)
     state = resume_run(run, resume_path) if resume_path is not None else RunState()

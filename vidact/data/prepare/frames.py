@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from typing import Any, cast
 import cv2
 import numpy as np
 
+from vidact.data.frame_folder import image_problem, scan_folder
 from vidact.data.prepare.options import (
     PrepareOptions,
     VideoJob,
@@ -24,7 +24,7 @@ from vidact.data.prepare.options import (
     select_indices,
 )
 from vidact.data.video import FLOW_TEMPLATES, FRAME_TEMPLATE, decord_available, default_backend
-from vidact.errors import VidactError
+from vidact.errors import VidactError, VideoReadError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -38,28 +38,30 @@ def short_reason(exc: BaseException) -> str:
     return text[:200]
 
 
-def folder_images(folder: Path) -> list[Path]:
-    """The images of a JPEG frame folder in frame order (numbers in the names)."""
+def check_image(path: Path) -> None:
+    """A frame image whose header or end is not whole fails its video, naming the frame."""
+    problem = image_problem(path)
+    if problem:
+        raise DecodeError(f"frame {path.name} is {problem}")
 
-    def number(name: str) -> tuple[int, str]:
-        digits = re.findall(r"\d+", name)
-        return (int(digits[-1]) if digits else -1, name)
 
-    names = [
-        name
-        for name in os.listdir(folder)
-        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-    ]
-    return [folder / name for name in sorted(names, key=number)]
+def folder_images(folder: Path, pattern: str | None = None) -> list[Path]:
+    """The images of a frame folder in frame order (`vidact.data.frame_folder`: the
+    numbered sequence detected, or `pattern`); [] when it holds none."""
+    try:
+        sequence = scan_folder(folder, pattern)
+    except VideoReadError:
+        return []
+    return [sequence.path(i) for i in range(len(sequence))]
 
 
 class Frames:
     """The selected frames of one source, in order, as uint8 arrays (RGB if `rgb`).
-    `truncated`, once iterated, says why fewer frames came than the header lists ("")."""
+    `warning`, once iterated, says e.g. why fewer frames came than the header lists."""
 
     rgb = False
     fps = 0.0
-    truncated = ""
+    warning = ""  # something the user should know about a source that was read
 
     def __iter__(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -148,7 +150,7 @@ class OpenCVFrames(Frames):
                 ok, frame = capture.read() if position == index else (False, None)
                 if not ok or frame is None:  # the real end: fewer frames than the header says
                     if total != sys.maxsize:
-                        self.truncated = truncation(position, total)
+                        self.warning = truncation(position, total)
                     return
                 position += 1
                 yield frame
@@ -192,9 +194,12 @@ class FolderFrames(Frames):
     def __init__(self, path: str, job: VideoJob, fps: float | None) -> None:
         self.job, self.target_fps = job, fps
         self.fps = float(job.folder_fps or 0.0)
-        self.images = folder_images(Path(path)) if Path(path).is_dir() else []
-        if not self.images:
-            raise DecodeError("the frame folder holds no images")
+        try:  # any numbered image sequence, or the one --frame-pattern names
+            sequence = scan_folder(path, job.frame_pattern)
+        except VideoReadError as exc:
+            raise DecodeError(exc.reason) from None
+        self.images = [sequence.path(i) for i in range(len(sequence))]
+        self.warning = sequence.describe_gaps()
         self.indices = select_indices(
             len(self.images), self.fps, self.target_fps, self.job.start, self.job.end
         )
@@ -204,6 +209,7 @@ class FolderFrames(Frames):
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for path in self.selected():
+            check_image(path)
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if frame is None:
                 raise DecodeError(f"{path.name} is not a readable image")
@@ -347,6 +353,7 @@ def copy_frames(
     `flow` gets them decoded."""
     total = 0
     for number, image in enumerate(images, start=1):
+        check_image(image)  # a byte copy decodes nothing: a bad frame must not pass
         is_jpeg = image.suffix.lower() in (".jpg", ".jpeg")
         if flow is not None or not is_jpeg:
             frame = cv2.imread(str(image), cv2.IMREAD_COLOR)

@@ -166,6 +166,7 @@ class VideoJob:
     start: float | None = None
     end: float | None = None
     folder_fps: float | None = None  # the source is a JPEG frame folder at this rate
+    frame_pattern: str | None = None  # its image names (vidact.data.frame_folder), if forced
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class VideoResult:
     bytes: int = 0  # everything written for the video, flow included
     reason: str = ""
     flow_pairs: int = 0
-    warning: str = ""  # a done video with a problem worth listing (truncated, ...)
+    warning: str = ""  # done, but the user should know (e.g. gaps in a frame folder)
 
 
 ExtraStep = Callable[[VideoJob, Path], int]

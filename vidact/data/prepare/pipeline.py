@@ -16,6 +16,7 @@ from typing import Any
 
 from vidact import console
 from vidact.atomic import atomic_write_text
+from vidact.data.class_order import write_class_info
 from vidact.data.manifest import write_label_map
 from vidact.data.prepare.decoder_log import DECODER_LOG, stderr_to
 from vidact.data.prepare.estimate import DiskEstimate, check_disk, estimate_output_bytes
@@ -91,6 +92,7 @@ def _jobs(source: SourceDataset) -> list[VideoJob]:
             start=record.start,
             end=record.end,
             folder_fps=source.frame_folder_fps,
+            frame_pattern=source.frame_pattern,
         )
         for key, record in sorted(unique.items())
     ]
@@ -183,10 +185,10 @@ def _process(
 def _checked(source: SourceDataset, options: PrepareOptions) -> PrepareOptions:
     """`options`, validated against `source`, with the flow backend settled."""
     options.validate()
-    if source.frame_folders and options.mode == "none":
+    if source.frame_pattern is not None and options.mode == "none":
         raise VidactError(
-            f"{source.name} ships JPEG frames named 00001.jpg, which vidact does not read in "
-            "place; use --mode frames (copies or resizes them to img_00001.jpg)"
+            "--frame-pattern applies when frames are copied (--mode frames or videos); read "
+            "in place (--mode none), each folder's numbered images are detected by the reader"
         )
     check_unique_keys(source)
     if options.with_flow:
@@ -204,6 +206,7 @@ def _open_out(out: Path, source: SourceDataset, options: PrepareOptions) -> list
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, options.settings(source.name))
     write_label_map(out / LABELS_FILE, source.classes)
+    write_class_info(out, source.name, source.classes, source.class_order)
     if options.with_flow:
         atomic_write_text(out / FLOW_INFO_FILE, json.dumps(flow_info(options), indent=2) + "\n")
     jobs = _jobs(source)
@@ -354,6 +357,11 @@ def _finish(
         notes.append(
             f"missing videos: {len(tally.missing)} ({first_few(sorted(tally.missing))}); "
             f"listed in {out / FAILURES_FILE}"
+        )
+    if tally.warnings:
+        notes.append(
+            f"videos prepared with a warning: {len(tally.warnings)} "
+            f"({'; '.join(tally.warnings[:3])})"
         )
     if pending:
         notes.append(

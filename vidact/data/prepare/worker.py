@@ -131,7 +131,7 @@ def _write_unit(
         if extra_step is not None and tmp is not None:
             size += extra_step(job, tmp)
     return VideoResult(
-        job.key, "done", count, size, flow_pairs=pairs, warning=frames_source.truncated
+        job.key, "done", count, size, flow_pairs=pairs, warning=frames_source.warning
     )
 
 

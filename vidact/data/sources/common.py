@@ -16,7 +16,7 @@ import csv
 import difflib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +59,8 @@ class SourceDataset:
     splits: dict[str, list[SourceRecord]]
     frame_folder_fps: float | None = None  # set when the "videos" are JPEG frame folders
     notes: list[str] = field(default_factory=list)  # things the user should know (skipped rows)
+    class_order: str = "file"  # how labels were numbered: a labels file's order, or "sorted"
+    frame_pattern: str | None = None  # frame folders: the image names, forced (else detected)
 
     @property
     def frame_folders(self) -> bool:
@@ -129,6 +131,15 @@ def find_annotation(
             f"{annotations}: no {what} ({' or '.join(patterns)}) found; check --annotations"
         )
     return None
+
+
+def require_content(path: Path, what: str) -> None:
+    """An annotation file that is empty (0 bytes, or blank lines only) is one line naming
+    it, before anything is written: an empty list must never replace a prepared split."""
+    size = path.stat().st_size
+    if size == 0 or not path.read_bytes().strip(b"\xef\xbb\xbf \t\r\n"):
+        shown = "empty (0 bytes)" if size == 0 else "empty (blank lines only)"
+        raise VidactError(f"{path}: {shown}; expected the {what}; re-download it")
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
@@ -228,7 +239,30 @@ def restrict_classes(dataset: SourceDataset, wanted: Sequence[str], origin: str)
         ]
         for split, records in dataset.splits.items()
     }
-    return replace(dataset, classes=classes, splits=splits)
+    # The labels now follow the --classes file's order, whatever the dataset's was.
+    return replace(dataset, classes=classes, splits=splits, class_order="file")
+
+
+def shared_videos_note(
+    dataset: SourceDataset,
+    pairs: Sequence[tuple[str, str]],
+    what: str = "id",
+    name: Callable[[SourceRecord], str] = lambda record: record.key,
+) -> list[str]:
+    """A warning (for the summary's notes) when a video (by `name`) is listed in both
+    splits of a pair (train and validation): its evaluation would be on training data."""
+    notes = []
+    for first, second in pairs:
+        if first not in dataset.splits or second not in dataset.splits:
+            continue
+        keys = {name(record) for record in dataset.splits[first]}
+        shared = sorted({name(r) for r in dataset.splits[second] if name(r) in keys})
+        if shared:
+            notes.append(
+                f"{len(shared)} {what}s are in both {first} and {second} "
+                f"({first_few(shared)}); scores on {second} are then on training data"
+            )
+    return notes
 
 
 def check_unique_keys(dataset: SourceDataset) -> None:

@@ -22,8 +22,10 @@ from vidact.data.sources.common import (
     index_files,
     pick,
     read_lines,
+    require_content,
     require_dir,
     safe_name,
+    shared_videos_note,
 )
 from vidact.data.sources.registry import DatasetSource
 from vidact.errors import VidactError
@@ -70,6 +72,7 @@ def load_hmdb51(videos: str | Path, annotations: str | Path) -> SourceDataset:
         test: list[SourceRecord] = []
         for cls in classes:
             path = files[(cls, k)]
+            require_content(path, "HMDB51 split file ('<video>.avi <id>' lines)")
             for number, line in read_lines(path):
                 parts = line.rsplit(maxsplit=1)
                 if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
@@ -90,7 +93,10 @@ def load_hmdb51(videos: str | Path, annotations: str | Path) -> SourceDataset:
                 (train if _ROLE[role] == "train" else test).append(record)
         splits[f"train_split{k}"] = train
         splits[f"test_split{k}"] = test
-    return SourceDataset("hmdb51", classes, splits)
+    dataset = SourceDataset("hmdb51", classes, splits, class_order="sorted")
+    pairs = [(f"train_split{k}", f"test_split{k}") for k in folds]
+    dataset.notes.extend(shared_videos_note(dataset, pairs, what="video"))
+    return dataset
 
 
 HELP = """HMDB51 from the official split files (testTrainMulti_7030_splits).

@@ -23,8 +23,10 @@ from vidact.data.sources.common import (
     index_files,
     pick,
     read_csv_rows,
+    require_content,
     require_dir,
     safe_name,
+    shared_videos_note,
 )
 from vidact.data.sources.registry import DatasetSource
 from vidact.errors import VidactError
@@ -71,9 +73,8 @@ def _int_seconds(value: str, where: str, column: str) -> int:
 
 def _read_csv(path: Path) -> list[tuple[str, str | None, int, int, str]]:
     """(split, label or None, start, end, youtube_id) per row."""
+    require_content(path, "official Kinetics annotation CSV")
     rows = read_csv_rows(path)
-    if not rows:
-        raise VidactError(f"{path}: empty CSV; expected the official Kinetics annotation file")
     header = [cell.strip().lower() for cell in rows[0]]
     missing = [name for name in _REQUIRED if name not in header]
     if missing:
@@ -141,7 +142,11 @@ def load_kinetics(videos: str | Path, annotations: str | Path) -> SourceDataset:
         splits.setdefault(split, []).append(record)
     ordered = {name: splits[name] for name in SPLIT_ORDER if name in splits}
     notes = [f"left out unlabelled rows (test set): {unlabelled}"] if unlabelled else []
-    return SourceDataset("kinetics", classes, ordered, notes=notes)
+    dataset = SourceDataset("kinetics", classes, ordered, notes=notes, class_order="sorted")
+    clip = lambda record: Path(record.key).name  # noqa: E731 - the key names the split too
+    pairs = [("train", "val"), ("train", "test"), ("val", "test")]
+    dataset.notes.extend(shared_videos_note(dataset, pairs, what="clip", name=clip))
+    return dataset
 
 
 HELP = """Kinetics-400/600/700 from the official CSV files.

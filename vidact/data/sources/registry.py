@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vidact.data.sources.common import SourceDataset
 from vidact.errors import VidactError
@@ -39,13 +39,30 @@ class SourceOption:
     """A command-line option of one dataset's own, passed to its loader by `name`."""
 
     name: str  # the loader's keyword; the option is --name-with-dashes
-    type: type
+    type: Any  # a type, or a Literal of the accepted values
     default: Any
     help: str
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+# Options several datasets share.
+CLASS_ORDER_OPTION = SourceOption(
+    "class_order",
+    Literal["file", "sorted"],
+    "file",
+    "Labels in the labels file's order (mmaction2), or the sorted class names "
+    "(TSN/TSM/CT-Net code and their released Sth-V1 checkpoints).",
+)
+FRAME_PATTERN_OPTION = SourceOption(
+    "frame_pattern",
+    str | None,
+    None,
+    "Frame folders: the image names, e.g. '{:05d}.jpg' or 'img_%05d.jpg' "
+    "(default: detected in each folder).",
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class DatasetSource:
     help: str  # the command's help: summary line, details, "Examples:"
     annotations: bool = True  # needs --annotations (the official annotation files)
     options: tuple[SourceOption, ...] = ()
+    videos_flags: str = "--videos"  # the videos folder's option (and its aliases)
 
     @property
     def summary(self) -> str:
