@@ -56,8 +56,9 @@ def test_fifo_directory_and_empty_file_are_failed_with_their_reason(
     summary = prepare("folder", data.videos, None, out, short_side=32, workers=workers)
     assert (summary.done, summary.failed, summary.missing) == (4, 3, 0)
     assert _reasons(out) == {
-        "cats/pipe": "a FIFO (named pipe), not a regular file: it is never opened",
-        "dogs/folder": "a directory, not a video",
+        # (the folder source keys a non-regular file by its whole name)
+        "cats/pipe.mp4": "a FIFO (named pipe), not a regular file: it is never opened",
+        "dogs/folder.mp4": "a directory, not a video",
         "dogs/empty": "empty (0 bytes)",
     }
     assert len(load_manifest(out / "train.jsonl")) == 4
