@@ -158,14 +158,40 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _pool_cpu(pool: ProcessPoolExecutor) -> float | None:
-    """CPU seconds the pool's live processes have used in all (Linux's /proc), None
+def _child_pids() -> set[int] | None:
+    """The processes whose parent is this one (Linux's /proc), None elsewhere; not the
+    resource tracker, which a first spawned pool starts and all later ones share."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and b"resource_tracker" not in _cmdline(entry):
+                found.add(int(entry.name))
+    return found
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _pool_cpu(pids: set[int] | None) -> float | None:
+    """CPU seconds the pool's processes `pids` have used in all (Linux's /proc), None
     elsewhere. With this process's own CPU, a yardstick is charged for everything it
     runs, as the pipeline is: job hand-offs and result pickling included, not just
     the loop (perf put those at ~0.06 ms a frame)."""
+    if pids is None:
+        return None
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for pid in list(getattr(pool, "_processes", {}) or {}):
+    for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -223,10 +249,14 @@ def main() -> None:
     written = 0
     spawn = multiprocessing.get_context("spawn")  # forking after OpenCV's threads ran deadlocks
     kept: dict[bool, ProcessPoolExecutor] = {}
+    pool_pids: dict[int, set[int] | None] = {}  # id(pool) -> its processes (from /proc)
 
     def new_pool(tuned: bool) -> ProcessPoolExecutor:
+        before = _child_pids()
         pool = ProcessPoolExecutor(args.workers, spawn, partial(_init, tuned))
         list(pool.map(_init_probe, range(args.workers)))  # every worker started, untimed
+        after = _child_pids()
+        pool_pids[id(pool)] = None if before is None or after is None else after - before
         return pool
 
     @contextlib.contextmanager
@@ -247,7 +277,7 @@ def main() -> None:
     def yardstick(name: str, repeat: int) -> None:
         tuned = name not in ("raw decord", "bare work")
         with started_pool(tuned) as pool:
-            own, before = time.process_time(), _pool_cpu(pool)
+            own, before = time.process_time(), _pool_cpu(pool_pids[id(pool)])
             start = time.perf_counter()
             if name == "raw decord":
                 results = list(pool.map(raw_decode, map(str, clips)))
@@ -259,7 +289,7 @@ def main() -> None:
                 ]
                 results = list(pool.map(_bare, jobs))
             times[name].append(time.perf_counter() - start)
-            after = _pool_cpu(pool)
+            after = _pool_cpu(pool_pids[id(pool)])
         assert sum(n for n, _ in results) == total_frames
         if before is None or after is None:  # no /proc: the loops' own CPU
             cpu[name].append(sum(c for _, c in results))

@@ -29,10 +29,14 @@ def test_prepare_kinetics_prints_a_summary(tmp_path: Path) -> None:
     args = ["prepare", "kinetics", "--videos", str(data.videos), "--annotations"]
     args += [str(data.annotations), "--out", str(out), "--short-side", "32", "--workers", "0"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    # 1 of 9 missing is 11%, more than --max-failed's default 10%: the summary, then exit 3
+    assert result.exit_code == 3, result.output
     for text in ("kinetics dataset", "8 now, 0 skipped", "0 unreadable, 1 missing", "train 5"):
         assert text in result.stdout
-    again = runner.invoke(app, args)
+    assert "1 of 9 videos failed or are missing (11.1%, more than --max-failed 0.1)" in (
+        result.output
+    )
+    again = runner.invoke(app, [*args, "--max-failed", "0.2"])
     assert again.exit_code == 0 and "1 now" not in again.stdout
     assert "0 now, 8 skipped" in again.stdout  # the missing clip is retried, still missing
 

@@ -32,7 +32,9 @@ class BreakingPool:
     def active(self) -> bool:
         return not self.broken
 
-    def schedule(self, function: Callable[..., VideoResult], args: tuple[Any, ...]) -> Future:
+    def schedule(
+        self, function: Callable[..., VideoResult], args: tuple[Any, ...], timeout: object = None
+    ) -> Future:
         job: VideoJob = args[0]
         self.scheduled.append(job.key)
         future: Future[VideoResult] = Future()
@@ -55,7 +57,7 @@ class BreakingPool:
 
 def _run(keys: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, str], list]:
     pools: list[list[str]] = []
-    monkeypatch.setattr(pool, "start_pool", lambda workers: BreakingPool(pools))
+    monkeypatch.setattr(pool, "start_pool", lambda *args: BreakingPool(pools))
     monkeypatch.setattr(pool, "prepare_video", lambda job, *rest: VideoResult(job.key, "done"))
     jobs = [VideoJob(key, f"{key}.mp4") for key in keys]
     results = pool.run_jobs(jobs, Path("out"), PrepareOptions(), 2, None)

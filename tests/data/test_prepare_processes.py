@@ -7,17 +7,24 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import write_video
+from tests.data.fake_datasets import make_folder
+from tests.data.process_scan import HAS_PROC, session_processes, survivors_after
 from vidact.data import video
 from vidact.data.prepare.frames import decord_to_numpy
+from vidact.data.prepare.pipeline import prepare
+
+REPO = Path(__file__).resolve().parents[2]
 
 needs_fork_server = pytest.mark.skipif(
     "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server"
@@ -149,3 +156,94 @@ def test_a_script_without_a_main_guard_stops_with_a_clear_line(tmp_path: Path) -
     (line,) = [line for line in out.stderr.splitlines() if line.startswith("vidact.errors.")]
     assert "the worker processes exited as they started" in line
     assert 'if __name__ == "__main__":' in line
+
+
+# ------------------------------------------------------------------ stops and kills
+
+SLOW_CLI = """
+import os
+import sys
+import time
+
+from vidact.data.prepare import worker
+
+_real = worker.write_frames
+
+
+def _slow(frames, folder, options, flow=None):  # in every worker: it imports this script
+    # two videos at once, then videos long enough that a process outliving the run
+    # would be seen (and would write into OUT)
+    time.sleep(0.1 if frames.job.key in ("cats/cats_clip_0", "cats/cats_clip_1") else 20)
+    return _real(frames, folder, options, flow=flow)
+
+
+worker.write_frames = _slow
+
+if __name__ == "__main__":
+    from vidact.cli import main
+
+    sys.argv = ["vidact", *sys.argv[1:]]
+    main()
+"""
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".prepare" not in p.parts
+    }
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc")
+@needs_fork_server
+@pytest.mark.parametrize("how", ["kill -9 main", "SIGTERM group"])
+def test_a_killed_or_stopped_run_leaves_no_process_and_resumes_exactly(
+    tmp_path: Path, how: str
+) -> None:
+    data = make_folder(tmp_path / "ds", {"cats": 4, "dogs": 4})
+    settings = {"mode": "frames", "short_side": 32, "workers": 0}
+    prepare("folder", data.videos, None, tmp_path / "whole", **settings)
+    out = tmp_path / "out"
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    args = ["prepare", "folder", "--videos", str(data.videos), "--out", str(out)]
+    args += ["--short-side", "32", "--workers", "2"]
+    stderr = (tmp_path / "stderr.txt").open("w+")
+    child = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,  # its own session: what /proc says is of this run
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    done_file = out / ".prepare" / "done-all.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if done_file.is_file() and len(done_file.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert child.poll() is None, (tmp_path / "stderr.txt").read_text()
+    assert len(session_processes(child.pid)) >= 4  # main, fork server, 2 workers (+ tracker)
+    if how == "kill -9 main":
+        child.send_signal(signal.SIGKILL)
+    else:
+        os.killpg(child.pid, signal.SIGTERM)  # as SLURM, systemd and `kill -- -PGID` do
+    code = child.wait(timeout=30)
+    assert survivors_after(child.pid, 5.0) == []
+    finished = len(done_file.read_text().splitlines())
+    assert 2 <= finished < 8
+    stderr.seek(0)
+    said = stderr.read()
+    if how == "kill -9 main":
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 143, said
+        line = f"stopped by SIGTERM: {finished} videos finished in this run and recorded"
+        assert line in said and "run the same command again to resume" in said
+        assert "Traceback" not in said
+
+    summary = prepare("folder", data.videos, None, out, **settings)
+    assert (summary.skipped, summary.done, summary.failed) == (finished, 8 - finished, 0)
+    assert (out / "train.jsonl").read_text() == (tmp_path / "whole" / "train.jsonl").read_text()
+    assert files_of(out) == files_of(tmp_path / "whole")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.data.process_scan import HAS_PROC, session_processes, survivors_after
 from vidact.data import video
 from vidact.data.manifest import load_manifest, read_label_map
 from vidact.data.sources.synthetic import SyntheticSpec, make_synthetic_dataset
@@ -140,3 +146,28 @@ def test_single_frames_do_not_reveal_the_class() -> None:
     spread = np.array([np.std(v, axis=0) for v in stats.values()]).mean(axis=0)
     # Class averages differ by less than one within-class standard deviation.
     assert (np.ptp(means, axis=0) < 1.5 * spread).all()
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc")
+def test_kill_9_during_generation_leaves_no_writer_process(tmp_path: Path) -> None:
+    out = tmp_path / "synthetic"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "vidact", "prepare", "synthetic", "--out", str(out),
+         "--videos-per-class", "400", "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own session: what /proc says is of this run
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if len(list(out.glob("videos/*/*.mp4"))) >= 8:
+            break
+        time.sleep(0.02)
+    assert child.poll() is None and len(session_processes(child.pid)) >= 3  # main + 2 writers
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert survivors_after(child.pid, 5.0) == []
+    written = sorted(out.glob("videos/*/*.mp4"))
+    time.sleep(0.5)
+    assert sorted(out.glob("videos/*/*.mp4")) == written  # nothing writes into OUT any more

@@ -162,12 +162,16 @@ def _summary_rows(summary: PrepareSummary) -> list[tuple[str, str]]:
         rows.append(("manifests", ", ".join(f"{k} {v}" for k, v in summary.manifests.items())))
     else:
         rows.append(("manifests", f"not yet: {summary.pending} videos left to other shards"))
-    if summary.failed or summary.missing:
+    if summary.warnings:
+        rows.append(("warnings", f"{summary.warnings} prepared with a warning (e.g. truncated)"))
+    if summary.failed or summary.missing or summary.warnings:
         rows.append(("failures", str(summary.out / "failures.jsonl")))
     if summary.missing_examples:
         rows.append(("missing e.g.", ", ".join(summary.missing_examples[:3])))
     for example in summary.failure_examples[:3]:
         rows.append(("failed e.g.", example))
+    for example in summary.warning_examples[:3]:
+        rows.append(("warning e.g.", example))
     return rows
 
 
@@ -196,6 +200,14 @@ def _settings_parameters() -> list[inspect.Parameter]:
     return parameters
 
 
+EXIT_CODES_HELP = """
+    Exit codes: 0 all videos prepared (or at most --max-failed of them failed or
+    missing); 2 a user error, nothing started; 3 more than --max-failed failed or
+    missing (see OUT/failures.jsonl); 4 not one video prepared; 130/143 stopped by
+    SIGINT/SIGTERM (finished videos are kept: run the same command to resume).
+"""
+
+
 def _dataset_command(source: DatasetSource) -> Callable[..., None]:
     """`vidact prepare <source.name>`: --videos, --annotations (where it needs them), --out,
     the dataset's own options, then the prepare settings."""
@@ -215,15 +227,23 @@ def _dataset_command(source: DatasetSource) -> Callable[..., None]:
     def command(
         *, videos: Path, out: Path, annotations: Path | None = None, **settings: Any
     ) -> None:
+        from vidact.data.prepare.faults import PrepareStopped
         from vidact.data.prepare.pipeline import prepare
 
-        summary = prepare(source.name, videos, annotations, out, **settings)
+        try:
+            summary = prepare(source.name, videos, annotations, out, **settings)
+        except PrepareStopped as stop:  # a signal: not an error of the user's
+            console.warn(str(stop))
+            raise typer.Exit(code=stop.exit_code) from None
         for note in summary.notes:
             console.warn(note)
         console.summary_table(f"{source.name} dataset", _summary_rows(summary))
+        if summary.outcome.code:
+            console.error_line(summary.outcome.message)
+            raise typer.Exit(code=summary.outcome.code)
 
     command.__name__ = command.__qualname__ = f"prepare_{source.name}"
-    command.__doc__ = source.help
+    command.__doc__ = source.help + EXIT_CODES_HELP
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     return command

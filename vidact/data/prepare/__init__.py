@@ -14,10 +14,12 @@ source module (found in the registry, `vidact.data.sources`) and hands the recor
       flow/<key>/x_00001.jpg, y_...  --flow tvl1: quantised TV-L1 flow, pair t = frame t -> t+1
       flow.json                     --flow tvl1: the bound and encoding of the flow images
       <split>_flow.txt              --flow tvl1: mmaction2 list `flow/<key> <pairs> <label>`
-      failures.jsonl                every video that failed or is missing, with the reason
+      failures.jsonl                every video that failed, is missing or was prepared with a
+                                    warning (truncated), with the reason and a status
       prepare.json                  the settings; a re-run with other settings is refused
       .prepare/done-<tag>.jsonl     what is finished (key, frames, bytes), appended live
       .prepare/failed-<tag>.jsonl   what failed in the last run of that shard
+      .prepare/decoders.log         what FFmpeg and decord wrote to stderr (never the terminal)
 
 Manifest paths are relative to OUT (the manifest's folder), so OUT can be moved as a
 whole. With `--mode none` nothing is copied: the manifests point at the original videos
@@ -38,9 +40,13 @@ shard afterwards is always safe and only rewrites them.
 
 Workers decode with decord (OpenCV when decord cannot read a file), one thread each,
 in a pool of processes over videos (`pool.py`: a worker that dies fails only its
-video). Frames are resized before encoding (INTER_LINEAR, never upscaled) and
-JPEG-encoded by OpenCV. A worker never raises: every problem with a video becomes a line
-in failures.jsonl. Only a full disk stops the run.
+video, one that takes longer than `video_timeout` is stopped and fails its video, and every
+worker ends with the main process, even a killed one). Frames are resized before encoding
+(INTER_LINEAR, never upscaled) and JPEG-encoded by OpenCV. A worker never raises: every
+problem with a video becomes a line in failures.jsonl; a source that is no regular file (a
+FIFO, a directory) is failed before anything opens it. Only a full disk and a stop signal
+(SIGINT, SIGTERM: `faults.py`, what was finished is recorded) stop the run; the summary's
+`outcome` is the exit code for scripts (3: more than `max_failed` failed, 4: none done).
 
 Flow (`PrepareOptions(flow="tvl1")`): the worker also converts each frame it writes (after
 the short-side resize, before JPEG or MPEG-4 coding) to grayscale and feeds it to TV-L1
@@ -62,8 +68,11 @@ file imports nothing, so that the command line and the workers load only what th
 
     options.py    what prepare is asked to do: PrepareOptions, one video's job and result,
                   output paths, shards, frame-index selection
+    faults.py     sources no reader may open, stop signals, exit codes
     estimate.py   the disk check before a run
-    pool.py       the process pool over videos, its crash recovery
+    pool.py       the process pool over videos, its crash recovery and time limit
+    lifeline.py   worker processes that end with the main process
+    decoder_log.py  the decoders' stderr into OUT/.prepare/decoders.log
     worker.py     one video's output, atomically (runs in a worker process)
     frames.py     frame decode (decord, OpenCV, frame folders) and encode (JPEG, MPEG-4, flow)
     outputs.py    what OUT holds: resume records, manifests and lists, flow.json, the summary

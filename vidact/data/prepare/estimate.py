@@ -3,7 +3,6 @@ them, against the free space of OUT."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -14,6 +13,7 @@ import cv2
 import numpy as np
 
 from vidact import console
+from vidact.data.prepare.faults import source_problem
 from vidact.data.prepare.frames import (
     VIDEO_FOURCC,
     DecodeError,
@@ -141,7 +141,10 @@ def estimate_output_bytes(
     of each of the first _FLOW_ESTIMATE_PAIRS sampled videos is computed and encoded, and
     its bytes per pixel scale every sampled video's pairs x pixels."""
     usage = shutil.disk_usage(out)
-    present = [job for job in jobs if os.path.exists(job.source)]
+    # never a FIFO (opening one blocks), a directory named like a video, an empty file
+    present = [
+        job for job in jobs if source_problem(job.source, job.folder_fps is not None) is None
+    ]
     if (options.mode == "none" and not options.with_flow) or not present:
         return DiskEstimate(0, 0, usage.free)
     step = max(1, len(present) // samples)

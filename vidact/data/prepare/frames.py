@@ -56,7 +56,8 @@ def folder_images(folder: Path, pattern: str | None = None) -> list[Path]:
 
 
 class Frames:
-    """The selected frames of one source, in order, as uint8 arrays (RGB if `rgb`)."""
+    """The selected frames of one source, in order, as uint8 arrays (RGB if `rgb`).
+    `warning`, once iterated, says e.g. why fewer frames came than the header lists."""
 
     rgb = False
     fps = 0.0
@@ -144,15 +145,47 @@ class OpenCVFrames(Frames):
             for index in wanted:
                 while position < index:
                     if not capture.grab():
-                        return  # the real end of the stream: fewer frames than the header says
+                        break
                     position += 1
-                ok, frame = capture.read()
-                if not ok or frame is None:
+                ok, frame = capture.read() if position == index else (False, None)
+                if not ok or frame is None:  # the real end: fewer frames than the header says
+                    if total != sys.maxsize:
+                        self.warning = truncation(position, total)
                     return
                 position += 1
                 yield frame
         finally:
             capture.release()
+
+
+def truncation(decoded: int, listed: int) -> str:
+    """The warning for a video that decodes fewer frames than its header lists."""
+    return (
+        f"truncated: {decoded} of the {listed} frames its header lists decode (the rest is cut off)"
+    )
+
+
+def decodable_frames(path: str, listed: int) -> int:
+    """The frames of `path` a reader can decode, where its header lists `listed`: all of
+    them if the last one decodes (one seek), else as many as a sequential decode gives. A
+    truncated file keeps the header of what was cut off."""
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened() or listed <= 0:
+            return listed  # only decord reads it: its count stands
+        capture.set(cv2.CAP_PROP_POS_FRAMES, listed - 1)
+        if capture.grab() and capture.get(cv2.CAP_PROP_POS_FRAMES) >= listed:
+            return listed
+    finally:
+        capture.release()
+    capture = cv2.VideoCapture(path)
+    try:
+        count = 0
+        while count < listed and capture.grab():
+            count += 1
+        return count
+    finally:
+        capture.release()
 
 
 class FolderFrames(Frames):

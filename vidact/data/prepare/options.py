@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vidact.constants import FLOW_BACKENDS, FLOW_BOUND
+from vidact.data.prepare.faults import MAX_FAILED
 from vidact.errors import VidactError
 
 MODES = ("none", "frames", "videos")
 FLOW_METHODS = ("none", "tvl1")  # --flow: classic flow written beside the frames
 
 Status = Literal["done", "failed", "missing", "disk_full"]
+VIDEO_TIMEOUT = 600.0  # --video-timeout: seconds; generous, as a long 4K video may need it
 
 
 def setting(default: Any, flag: str | None, help: str, choices: Sequence[str] = ()) -> Any:
@@ -126,6 +128,18 @@ class RunOptions:
         True,
         "--disk-check/--no-disk-check",
         "Refuse to start when the estimated output exceeds the free space.",
+    )
+    video_timeout: float = setting(
+        VIDEO_TIMEOUT,
+        "--video-timeout",
+        "Seconds one video may take before its worker is stopped and the video failed "
+        "(a decoder that hangs); 0: no limit. Needs --workers 1 or more.",
+    )
+    max_failed: float = setting(
+        MAX_FAILED,
+        "--max-failed",
+        "Exit with code 3 when more than this share of the videos failed or are "
+        "missing (4 when none could be prepared); 0: any failure.",
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from vidact.atomic import atomic_write_text
 from vidact.constants import FLOW_BOUND
 from vidact.data.manifest import Sample, write_manifest
+from vidact.data.prepare.faults import EXIT_OK, Outcome
 from vidact.data.prepare.frames import FLOW_QUALITY, short_reason
 from vidact.data.prepare.options import PrepareOptions, flow_path, output_path
 from vidact.data.sources.common import SourceDataset, SourceRecord
@@ -122,24 +123,35 @@ def write_outputs(
         atomic_write_text(out / list_name, "".join(line + "\n" for line in lines))
         if options.with_flow:
             atomic_write_text(out / f"{split}_flow.txt", "".join(f"{x}\n" for x in flow_lines))
-    failures = []
+    atomic_write_text(out / FAILURES_FILE, "".join(_failure_lines(source, done, failed)))
+    return counts
+
+
+def _failure_lines(
+    source: SourceDataset, done: dict[str, dict[str, Any]], failed: dict[str, dict[str, Any]]
+) -> list[str]:
+    """failures.jsonl: each video that failed ("status": "failed"), is missing ("missing"),
+    or was prepared with a problem worth knowing ("warning": e.g. truncated, the manifest
+    then holds the frames that decode), in the order of the annotations."""
+    lines = []
     seen = set()
     for record in source.records():
-        if record.key in done or record.key in seen or record.key not in failed:
+        if record.key in seen:
             continue
         seen.add(record.key)
-        failures.append(
-            json.dumps(
-                {
-                    "key": record.key,
-                    "video": str(record.video),
-                    "reason": failed[record.key]["reason"],
-                },
-                ensure_ascii=False,
+        if record.key in done:
+            reason, status = done[record.key].get("warning"), "warning"
+        elif record.key in failed:
+            reason = failed[record.key]["reason"]
+            status = failed[record.key].get(
+                "status", "missing" if reason == "missing" else "failed"
             )
-        )
-    atomic_write_text(out / FAILURES_FILE, "".join(line + "\n" for line in failures))
-    return counts
+        else:
+            continue
+        if reason:
+            entry = {"key": record.key, "video": str(record.video), "reason": reason}
+            lines.append(json.dumps(entry | {"status": status}, ensure_ascii=False) + "\n")
+    return lines
 
 
 # ------------------------------------------------------------- flow.json
@@ -218,12 +230,15 @@ class PrepareSummary:
     pending: int  # videos of the dataset not yet accounted for (other shards still running)
     missing_examples: list[str] = field(default_factory=list)
     failure_examples: list[str] = field(default_factory=list)
+    warnings: int = 0  # videos prepared with a warning in this run (truncated, ...)
+    warning_examples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     flow: str = "none"
     flow_backend: str = ""  # the concrete backend this run used ("" without flow)
     flow_bound: float = FLOW_BOUND
     flow_pairs_written: int = 0  # x/y JPEG pairs written by this run
     estimated_flow_bytes: int = 0
+    outcome: Outcome = field(default_factory=lambda: Outcome(EXIT_OK))  # exit code, why
 
     @property
     def videos_per_second(self) -> float:

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,11 @@ from vidact import console
 from vidact.atomic import atomic_write_text
 from vidact.data.class_order import write_class_info
 from vidact.data.manifest import write_label_map
+from vidact.data.prepare.decoder_log import DECODER_LOG, stderr_to
 from vidact.data.prepare.estimate import DiskEstimate, check_disk, estimate_output_bytes
+from vidact.data.prepare.faults import MAX_FAILED, StopNow, StopSignals, outcome, stopped
 from vidact.data.prepare.options import (
+    VIDEO_TIMEOUT,
     ExtraStep,
     PrepareOptions,
     VideoJob,
@@ -38,7 +41,7 @@ from vidact.data.prepare.outputs import (
     flow_info,
     write_outputs,
 )
-from vidact.data.prepare.pool import run_jobs, start_pool, stop_pool
+from vidact.data.prepare.pool import PoolSettings, run_jobs, start_pool, stop_pool
 from vidact.data.sources.common import (
     SourceDataset,
     SourceRecord,
@@ -111,61 +114,71 @@ class _Tally:
     flow_pairs: int = 0
     missing: list[str] = field(default_factory=list)  # file names
     failures: list[str] = field(default_factory=list)  # "key: reason"
-    warnings: list[str] = field(default_factory=list)  # "key: warning" of done videos
+    warnings: list[str] = field(default_factory=list)  # "key: warning", of done videos
+
+
+def _record(
+    result: VideoResult, tally: _Tally, video: str, options: PrepareOptions, logs: tuple[Any, Any]
+) -> None:
+    """One result into the tally and the done (or failed) record, flushed at once: a
+    killed run keeps every line written so far."""
+    done_log, failed_log = logs
+    tally.counts[result.status] += 1
+    if result.status == "done":
+        tally.frames += result.num_frames
+        tally.bytes += result.bytes
+        tally.flow_pairs += result.flow_pairs
+        entry: dict[str, Any] = {"key": result.key, "frames": result.num_frames}
+        entry["bytes"] = result.bytes
+        if options.with_flow:
+            entry["flow"] = result.flow_pairs
+        if result.warning:
+            entry["warning"] = result.warning
+            tally.warnings.append(f"{result.key}: {result.warning}")
+        done_log.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        done_log.flush()
+        return
+    if result.status == "missing":
+        tally.missing.append(Path(video).name)
+    else:
+        tally.failures.append(f"{result.key}: {result.reason}")
+    entry = {"key": result.key, "video": video, "reason": result.reason, "status": result.status}
+    failed_log.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    failed_log.flush()
 
 
 def _process(
-    todo: Sequence[VideoJob],
-    out: Path,
-    options: PrepareOptions,
-    state: ResumeState,
-    results: Iterator[VideoResult],
-    description: str,
+    run: _Run, results: Iterator[VideoResult], stop: StopSignals, done_before: int
 ) -> _Tally:
-    """Consume `results`: record each in the done/failed logs, drive the progress bar."""
+    """Consume `results`: record each in the done/failed logs, drive the progress bar. A
+    stop signal ends the run here, with one line, once every finished video is recorded."""
     tally = _Tally()
-    source_of = {job.key: job.source for job in todo}
+    source_of = {job.key: job.source for job in run.todo}
     start = time.perf_counter()
     with (
-        console.progress_task(description, total=len(todo)) as advance,
-        state.done_file.open("a", encoding="utf-8") as done_log,
-        state.failed_file.open("a", encoding="utf-8") as failed_log,
+        console.progress_task(run.description, total=len(run.todo)) as advance,
+        run.state.done_file.open("a", encoding="utf-8") as done_log,
+        run.state.failed_file.open("a", encoding="utf-8") as failed_log,
     ):
-        for result in results:
-            if result.status == "disk_full":
-                raise VidactError(
-                    f"{out}: {result.reason} while writing {result.key}; free some space "
-                    "and re-run the same command (finished videos are kept)"
-                )
-            tally.counts[result.status] += 1
-            if result.status == "done":
-                tally.frames += result.num_frames
-                tally.bytes += result.bytes
-                tally.flow_pairs += result.flow_pairs
-                entry: dict[str, Any] = {"key": result.key, "frames": result.num_frames}
-                entry["bytes"] = result.bytes
-                if options.with_flow:
-                    entry["flow"] = result.flow_pairs
-                if result.warning:
-                    entry["warning"] = result.warning
-                    tally.warnings.append(f"{result.key}: {result.warning}")
-                done_log.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                done_log.flush()  # a killed run keeps every line written so far
-            else:
-                video = source_of[result.key]
-                if result.status == "missing":
-                    tally.missing.append(Path(video).name)
-                else:
-                    tally.failures.append(f"{result.key}: {result.reason}")
-                entry = {"key": result.key, "video": video, "reason": result.reason}
-                failed_log.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                failed_log.flush()
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            videos = tally.counts["done"] + tally.counts["failed"]
-            status = f"{videos / elapsed:.1f} videos/s, {tally.frames / elapsed:.0f} frames/s"
-            if options.with_flow:
-                status += f", {tally.flow_pairs / elapsed:.1f} flow pairs/s"
-            advance(status=status)
+        try:
+            for result in results:
+                if result.status == "disk_full":
+                    raise VidactError(
+                        f"{run.out}: {result.reason} while writing {result.key}; free some "
+                        "space and re-run the same command (finished videos are kept)"
+                    )
+                _record(result, tally, source_of[result.key], run.options, (done_log, failed_log))
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                videos = tally.counts["done"] + tally.counts["failed"]
+                status = f"{videos / elapsed:.1f} videos/s, {tally.frames / elapsed:.0f} frames/s"
+                if run.options.with_flow:
+                    status += f", {tally.flow_pairs / elapsed:.1f} flow pairs/s"
+                advance(status=status)
+        except StopNow:
+            pass  # the video in progress is abandoned (its temporary output removed)
+    if stop.signum is not None:
+        finished = tally.counts["done"]
+        raise stopped(stop.signum, finished, done_before + finished, len(run.todo) + run.skipped)
     return tally
 
 
@@ -242,26 +255,33 @@ class _Run:
 
 
 def _execute(
-    run: _Run, workers: int, check_free_space: bool, extra_step: ExtraStep | None
+    run: _Run, workers: int, check_free_space: bool, extra_step: ExtraStep | None, timeout: float
 ) -> tuple[_Tally, DiskEstimate, float]:
     """Estimate, check the disk, run the jobs: (tally, estimate, seconds of the jobs)."""
+    decoder_log = run.state.dir / DECODER_LOG
     # The worker processes start (and import) while this process estimates the output.
-    pool = start_pool(workers) if workers > 0 and run.todo else None
+    pool = start_pool(workers, decoder_log) if workers > 0 and run.todo else None
+    stop = StopSignals(at_once=workers <= 0)
     try:
-        estimate = estimate_output_bytes(run.todo, run.out, run.options)
-        _announce(estimate, len(run.todo), run.skipped)
-        if check_free_space:
-            check_disk(estimate, run.out, len(run.todo))
-        start = time.perf_counter()
-        run.state.failed_file.write_text("", encoding="utf-8")  # this run retries every failure
-        results = run_jobs(run.todo, run.out, run.options, workers, extra_step, started=pool)
-        try:
-            tally = _process(run.todo, run.out, run.options, run.state, results, run.description)
-        finally:
-            results.close()  # stops the worker pool if we leave early
+        with stop:
+            with stderr_to(decoder_log):  # the sample decodes' FFmpeg messages
+                estimate = estimate_output_bytes(run.todo, run.out, run.options)
+            _announce(estimate, len(run.todo), run.skipped)
+            if check_free_space:
+                check_disk(estimate, run.out, len(run.todo))
+            start = time.perf_counter()
+            run.state.failed_file.write_text("", encoding="utf-8")  # retries every failure
+            settings = PoolSettings(timeout if timeout > 0 else None, stop.requested, decoder_log)
+            results = run_jobs(run.todo, run.out, run.options, workers, extra_step, pool, settings)
+            try:
+                tally = _process(run, results, stop, run.skipped)
+            finally:
+                results.close()  # stops the worker pool if we leave early
         return tally, estimate, time.perf_counter() - start
+    except StopNow as now:  # before the first video (the estimate)
+        raise stopped(now.signum, 0, run.skipped, len(run.todo) + run.skipped) from None
     finally:
-        if pool is not None:  # the pool was never used (disk check), or is already stopped
+        if pool is not None:  # never used (disk check), or already stopped by run_jobs
             stop_pool(pool)
 
 
@@ -274,14 +294,21 @@ def prepare_dataset(
     shard: Shard = None,
     check_free_space: bool = True,
     extra_step: ExtraStep | None = None,
+    video_timeout: float = VIDEO_TIMEOUT,
+    max_failed: float = MAX_FAILED,
 ) -> PrepareSummary:
     """Prepare (or just probe) every video of `source` into `out`; resumable, shardable.
 
     `workers`: processes (default one per core; 0 runs in this process). `shard`: (k, n)
     to do only every n-th video. `check_free_space`: refuse when the estimated output
-    does not fit. `extra_step`: see the `vidact.data.prepare` docstring.
+    does not fit. `extra_step`: see the `vidact.data.prepare` docstring. `video_timeout`:
+    seconds one video may take in a worker (0: no limit). `max_failed`: the share of
+    failed or missing videos above which `summary.outcome` is an error (exit code 3).
+    SIGINT and SIGTERM stop the run after the videos in flight (PrepareStopped).
     """
     options = _checked(source, options or PrepareOptions())
+    if not (0.0 <= max_failed <= 1.0 and video_timeout >= 0):
+        raise VidactError("--max-failed must be between 0 and 1, --video-timeout 0 or more")
     out = Path(out)
     jobs = _open_out(out, source, options)
     selected = select_shard(jobs, shard)
@@ -297,8 +324,12 @@ def prepare_dataset(
         out, options, state, todo, len(selected) - len(todo), _description(source, options, shard)
     )
     workers = (os.cpu_count() or 1) if workers is None else workers
-    tally, estimate, seconds = _execute(run, workers, check_free_space, extra_step)
-    return _finish(source, run, jobs, shard, len(selected), tally, estimate, seconds)
+    tally, estimate, seconds = _execute(run, workers, check_free_space, extra_step, video_timeout)
+    summary = _finish(source, run, jobs, shard, len(selected), tally, estimate, seconds)
+    listed = out / FAILURES_FILE if summary.manifests else state.failed_file
+    failed = summary.failed + summary.missing
+    result = outcome(summary.total, summary.done + summary.skipped, failed, max_failed, str(listed))
+    return dataclasses.replace(summary, outcome=result)
 
 
 def _finish(
@@ -358,6 +389,8 @@ def _finish(
         pending=pending,
         missing_examples=sorted(tally.missing)[:5],
         failure_examples=tally.failures[:5],
+        warnings=len(tally.warnings),
+        warning_examples=tally.warnings[:5],
         notes=notes,
         flow=options.flow,
         flow_backend=options.flow_backend if options.with_flow else "",
@@ -394,4 +427,6 @@ def prepare(
         workers=run.workers,
         shard=shard,
         check_free_space=run.check_free_space,
+        video_timeout=run.video_timeout,
+        max_failed=run.max_failed,
     )

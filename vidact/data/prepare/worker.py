@@ -18,16 +18,21 @@ from pathlib import Path
 import cv2
 
 from vidact.atomic import atomic_dir, atomic_path
+from vidact.data.prepare.decoder_log import send_stderr_to
+from vidact.data.prepare.faults import source_problem
 from vidact.data.prepare.frames import (
     DecodeError,
     FlowWriter,
     Frames,
+    decodable_frames,
     feed_flow,
     frame_readers,
     short_reason,
+    truncation,
     write_frames,
     write_video,
 )
+from vidact.data.prepare.lifeline import die_with, parent_death_signal
 from vidact.data.prepare.options import (
     ExtraStep,
     PrepareOptions,
@@ -39,8 +44,6 @@ from vidact.data.prepare.options import (
 )
 from vidact.data.video import decord_available
 from vidact.errors import VideoReadError
-
-MISSING = "missing"
 
 
 def _remove_debris(target: Path, mode: str) -> None:
@@ -66,17 +69,30 @@ def _remove_debris(target: Path, mode: str) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _probe_source(job: VideoJob, options: PrepareOptions) -> int:
+def remove_debris(job: VideoJob, out: Path, options: PrepareOptions) -> None:
+    """The temporary outputs a killed or stopped worker left for `job` (only its own)."""
+    if options.mode != "none":
+        _remove_debris(out / output_path(job.key, options.mode), options.mode)
+    if options.with_flow:
+        _remove_debris(out / flow_path(job.key), "frames")
+
+
+def _probe_source(job: VideoJob, options: PrepareOptions) -> tuple[int, str]:
     """--mode none: the frames a reader decodes from the whole source (the manifest's
-    start/end then say which segment the annotation means)."""
+    start/end then say which segment the annotation means), and a warning if that is
+    fewer than the header lists (a truncated file)."""
     from vidact.data.video import probe
 
     info = probe(job.source, backend=options.backend)
+    frames = info.num_frames
+    if info.backend != "frames":
+        frames = decodable_frames(job.source, info.num_frames)
+    warning = truncation(frames, info.num_frames) if frames < info.num_frames else ""
     if (job.start is not None or job.end is not None) and not select_indices(
-        info.num_frames, info.fps, None, job.start, job.end
+        frames, info.fps, None, job.start, job.end
     ):
-        return 0
-    return info.num_frames
+        return 0, warning
+    return frames, warning
 
 
 def _write_unit(
@@ -124,21 +140,17 @@ def _prepare(
 ) -> VideoResult:
     """`prepare_video` without its last line of defence: OSError and reader errors raise."""
     if options.mode == "none":
-        frames = _probe_source(job, options)
+        frames, warning = _probe_source(job, options)
         if frames <= 0:
             return VideoResult(job.key, "failed", reason="the clip segment lies outside the video")
         if not options.with_flow:
-            return VideoResult(job.key, "done", frames, 0)
+            return VideoResult(job.key, "done", frames, 0, warning=warning)
         # The manifest indexes the whole file (start/end are recorded, not cut), so the
         # flow covers the whole file too: flow frame t is always frame t -> t + 1.
         job = dataclasses.replace(job, start=None, end=None)
-        target = None
-    else:
-        target = out / output_path(job.key, options.mode)
-        _remove_debris(target, options.mode)
+    remove_debris(job, out, options)
+    target = None if options.mode == "none" else out / output_path(job.key, options.mode)
     flow_target = out / flow_path(job.key) if options.with_flow else None
-    if flow_target is not None:
-        _remove_debris(flow_target, "frames")
     reasons = []
     for name, make in frame_readers(job, options):  # the next reader where one fails
         try:
@@ -155,8 +167,10 @@ def prepare_video(
     extra_step: ExtraStep | None = None,
 ) -> VideoResult:
     """Produce one video's output under `out` atomically. Never raises for a bad video."""
-    if not os.path.exists(job.source):
-        return VideoResult(job.key, "missing", reason=MISSING)
+    problem = source_problem(job.source, frame_folder=job.folder_fps is not None)
+    if problem is not None:
+        status, reason = problem
+        return VideoResult(job.key, "missing" if status == "missing" else "failed", reason=reason)
     try:
         return _prepare(job, Path(out), options, extra_step)
     except OSError as exc:
@@ -196,8 +210,15 @@ def keep_freed_memory() -> bool:
     )
 
 
-def init_worker() -> None:
+def init_worker(parent: int | None = None, decoder_log: str | None = None) -> None:
+    """A worker's set-up: it ends with process `parent` (the run's main process), leaves
+    Ctrl-C to it, writes its stderr (the decoders' messages) to `decoder_log`."""
+    if parent is not None:
+        die_with(parent)
+        parent_death_signal()  # and with the fork server, its parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    if decoder_log is not None:
+        send_stderr_to(decoder_log)
     keep_freed_memory()
     cv2.setNumThreads(1)  # parallelism comes from the pool; OpenCV threads oversubscribe
     if decord_available():  # load it now, while the parent estimates, not on video one

@@ -166,8 +166,10 @@ def index_files(
     wanted = {ext.lower() for ext in extensions}
     index: dict[str, list[Path]] = {}
     for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
+        # a folder named like a video (x.mp4) is listed, not searched: prepare reports it
+        named = [d for d in dirs if os.path.splitext(d)[1].lower() in wanted]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in named)
+        for name in sorted(files + named):
             stem, ext = os.path.splitext(name)
             if ext.lower() in wanted and not name.startswith("."):
                 index.setdefault(stem if by == "stem" else name, []).append(Path(folder) / name)

@@ -16,7 +16,8 @@ Layout written under OUT:
 
 Each clip has its own seed, derived from (seed, class, index), so the output is the
 same whatever the worker count or the order in which clips are written. Every file is
-written atomically; a re-run skips the clips that exist and writes the rest.
+written atomically; a re-run skips the clips that exist and writes the rest. The writer
+processes end with the process that started them, however it ends (kill -9 included).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 from vidact import console
 from vidact.atomic import atomic_path, atomic_write_text
 from vidact.data.manifest import Sample, write_label_map, write_manifest
+from vidact.data.prepare.lifeline import die_with
 from vidact.data.synthetic_motion import MOTIONS, Clip, render_clip
 from vidact.data.synthetic_speed import (
     CONTRAST,
@@ -289,7 +291,10 @@ def make_synthetic_dataset(
                 _write_clip(job)
                 advance()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # the writers end with this process, even when it is killed (kill -9)
+            with ProcessPoolExecutor(
+                workers, initializer=die_with, initargs=(os.getpid(),)
+            ) as pool:
                 for _ in pool.map(_write_clip, todo, chunksize=4):
                     advance()
 
