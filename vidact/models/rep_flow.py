@@ -66,6 +66,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vidact.errors import VidactError
+from vidact.models import rep_flow_fused
 from vidact.models.backbones import fold_time, unfold_time
 
 # ----------------------------------------------------------------------- the paper's numbers
@@ -360,22 +361,27 @@ class _Iterations(torch.autograd.Function):
         iterations: int,
         gain: float,
         compiled: bool,
+        fused: bool,
         fx: Tensor | None,
         fy: Tensor | None,
         *tensors: Tensor,
     ) -> Tensor:
         t = _Terms._make((*tensors, fx, fy, None, None, gain))
-        m, _, h, w = t.grad_f2.shape
-        us = t.grad_f2.new_zeros(iterations, m, 2, h, w)
-        ps = t.grad_f2.new_zeros(iterations, m, 2, 2, h, w)
-        u, p = us[0].clone(), ps[0].clone()
-        for k in range(iterations):
-            us[k], ps[k] = u, p
-            u, p = _run(_step, compiled, u, p, t)
+        if fused:
+            u, us, ps = rep_flow_fused.iterate(iterations, _fused_inputs(t), save=True)
+        else:
+            m, _, h, w = t.grad_f2.shape
+            us = t.grad_f2.new_zeros(iterations, m, 2, h, w)
+            ps = t.grad_f2.new_zeros(iterations, m, 2, 2, h, w)
+            u, p = us[0].clone(), ps[0].clone()
+            for k in range(iterations):
+                us[k], ps[k] = u, p
+                u, p = _run(_step, compiled, u, p, t)
         taps = () if fx is None or fy is None else (fx, fy)
         ctx.save_for_backward(*tensors, *taps, us, ps)
         ctx.gain = gain  # type: ignore[attr-defined]
         ctx.compiled = compiled  # type: ignore[attr-defined]
+        ctx.fused = fused  # type: ignore[attr-defined]
         return u
 
     @staticmethod
@@ -387,6 +393,8 @@ class _Iterations(torch.autograd.Function):
         tensors, us, ps = saved[:n], saved[-2], saved[-1]
         fx, fy = saved[n : n + 2] if len(saved) == n + 4 else (None, None)
         t = _Terms._make((*tensors, fx, fy, None, None, ctx.gain))  # type: ignore[attr-defined]
+        if ctx.fused:  # type: ignore[attr-defined]
+            return None, None, None, None, *_fused_backward(t, us, ps, grad_out)
         acc = {name: torch.zeros_like(x) for name, x in zip(_DIFFERENTIABLE, tensors, strict=True)}
         if fx is not None and fy is not None:
             acc["fx"], acc["fy"] = torch.zeros_like(fx), torch.zeros_like(fy)
@@ -394,7 +402,37 @@ class _Iterations(torch.autograd.Function):
         for k in range(us.shape[0] - 1, -1, -1):
             du, dp = _run(_step_backward, ctx.compiled, t, us[k], ps[k], du, dp, acc)  # type: ignore[attr-defined]
         fx_grad, fy_grad = acc.get("fx"), acc.get("fy")
-        return None, None, None, fx_grad, fy_grad, *(acc[k] for k in _DIFFERENTIABLE)
+        return None, None, None, None, fx_grad, fy_grad, *(acc[k] for k in _DIFFERENTIABLE)
+
+
+def _fused_inputs(t: _Terms) -> rep_flow_fused.Inputs:
+    """What the fused loops (and their backward) read, from the terms."""
+    assert t.fx is not None and t.fy is not None and t.gain == 1.0
+    scalars = (t.lam_theta, t.theta, t.tau_theta)
+    return rep_flow_fused.Inputs(t.rho_c, t.grad_f2, t.inv_sq, scalars, (t.wx, t.wy, t.fx, t.fy))
+
+
+def _fused_backward(t: _Terms, us: Tensor, ps: Tensor, grad_out: Tensor) -> tuple[Tensor, ...]:
+    """The gradients of (fx, fy, *_DIFFERENTIABLE) from the fused loops' backward."""
+    d_rho_c, d_grad_f2, d_inv_sq, per_map = rep_flow_fused.iterate_backward(
+        _fused_inputs(t), us, ps, grad_out
+    )
+    acc = dict(zip(rep_flow_fused.SCALARS, per_map.sum(0).unbind(), strict=True))
+    like = t.theta
+
+    def taps(a: str, b: str) -> Tensor:
+        return torch.stack([acc[a], acc[b]]).to(like.dtype)
+
+    return (
+        taps("fx0", "fx1"),
+        taps("fy0", "fy1"),
+        d_rho_c,
+        d_grad_f2,
+        d_inv_sq,
+        *(acc[k].to(like.dtype) for k in ("lam_theta", "theta", "tau_theta")),
+        taps("wx0", "wx1"),
+        taps("wy0", "wy1"),
+    )
 
 
 class RepresentationFlow(nn.Module):
@@ -440,6 +478,7 @@ class RepresentationFlow(nn.Module):
         grad_x: Sequence[float] = GRAD_X,
         grad_y: Sequence[float] = GRAD_Y,
         compiled: bool | None = None,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         if iterations < 1:
@@ -452,6 +491,7 @@ class RepresentationFlow(nn.Module):
         self.checkpoint = checkpoint
         self.custom_backward = custom_backward
         self.compiled = os.environ.get(COMPILE_ENV) == "1" if compiled is None else compiled
+        self.fused = fused
         groups = _learn_set(learn)
         divergence: dict[str, object] = {"div_x": div_x, "div_y": div_y}
         if grad_u == "forward":
@@ -524,6 +564,17 @@ class RepresentationFlow(nn.Module):
             gain=1.0 if forward else scale,
         )
 
+    def _fused_applies(self, t: _Terms) -> bool:
+        """The fused CPU loops run the default operators (forward-difference grad u) on
+        CPU tensors, unless torch.compile was asked for or they are switched off."""
+        return (
+            self.fused
+            and not self.compiled
+            and t.fx is not None
+            and t.grad_f2.device.type == "cpu"
+            and rep_flow_fused.available()
+        )
+
     def forward(self, f1: Tensor, f2: Tensor) -> Tensor:
         if f1.shape != f2.shape or f1.dim() != 4:
             raise ValueError(
@@ -536,11 +587,15 @@ class RepresentationFlow(nn.Module):
                 f1.to(dtype).reshape(b * c, 1, h, w), f2.to(dtype).reshape(b * c, 1, h, w)
             )
             custom = t.kx is None and self.custom_backward
+            fused = self._fused_applies(t)
             if custom and torch.is_grad_enabled():
                 tensors = (t.rho_c, t.grad_f2, t.inv_sq, t.lam_theta, t.theta, t.tau_theta)
                 u = _Iterations.apply(
-                    self.iterations, t.gain, self.compiled, t.fx, t.fy, *tensors, t.wx, t.wy
+                    self.iterations, t.gain, self.compiled, fused, t.fx, t.fy, *tensors, t.wx, t.wy
                 )
+                return u.reshape(b, 2 * c, h, w)
+            if fused and not torch.is_grad_enabled():
+                u, _, _ = rep_flow_fused.iterate(self.iterations, _fused_inputs(t), save=False)
                 return u.reshape(b, 2 * c, h, w)
             u = t.grad_f2.new_zeros(b * c, 2, h, w)
             p = t.grad_f2.new_zeros(b * c, 2, 2, h, w)
