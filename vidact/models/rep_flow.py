@@ -44,13 +44,16 @@ Conventions (tested):
   is 0 the update is v = u (the limit of the first two cases), computed without a NaN.
 
 Speed: the three cases of Eq. 3 are one clamp, v = u - grad F2 * clamp(rho / |grad F2|^2,
--lambda*theta, lambda*theta); all B*C channels and both flow components go through the same
-elementwise/shifted-view operations (no Python work per channel; CPU depthwise conv2d is far
-slower here). In training, ``_Iterations`` keeps only the state (u, p) entering each
-iteration and a hand-written backward recomputes each iteration and applies its exact
-adjoint (every setting but learned Sobel kernels in Eq. 10, which take autograd with
-``torch.utils.checkpoint`` per iteration, also exact, same memory bound). The core runs in
-float32 (float64 for float64 input) with autocast disabled.
+-lambda*theta, lambda*theta). On a CPU, with the default grad u, the iterations run in
+fused loops (``rep_flow_fused``, numba): each map does all its iterations in cache, two
+passes per iteration, and an exact hand-written backward in four. Elsewhere (GPU,
+``fused=False``) all B*C channels and both flow components go through the same
+elementwise/shifted-view torch operations (no Python work per channel). Either way, in
+training ``_Iterations`` keeps only the state (u, p) entering each iteration and the
+backward recomputes each iteration and applies its exact adjoint (every setting but
+learned Sobel kernels in Eq. 10, which take autograd with ``torch.utils.checkpoint`` per
+iteration, also exact, same memory bound). The core runs in float32 (float64 for float64
+input) with autocast disabled.
 """
 
 from __future__ import annotations
@@ -458,6 +461,10 @@ class RepresentationFlow(nn.Module):
             torch.compile; None (default): when the environment sets VIDACT_COMPILE_FLOW=1.
             The first call per shape compiles (tens of seconds on a CPU; cached on disk by
             torch); falls back to eager with a warning where compilation fails.
+        fused: on a CPU, run the iterations (default grad u) in the fused numba loops of
+            ``rep_flow_fused`` (default; the same numbers as the torch ops up to rounding,
+            several times faster); False, ``compiled=True`` or VIDACT_FUSED_FLOW=0: torch's
+            ops. Compiled once per machine (about 10-30 s, cached on disk by numba).
     """
 
     def __init__(
