@@ -29,6 +29,7 @@ allocator kept from an earlier variant (CPU: peak RSS over the step, from
 /proc/self/status VmHWM after resetting it; CUDA: max_memory_allocated).
 
     python benchmarks/flow_layer.py [--device cuda] [--shapes quickstart res3] [--repeats 5]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -232,6 +233,7 @@ def _measure(shape: str, args: argparse.Namespace) -> dict[str, dict[str, float]
     later peaks). Timing runs use the normal allocator: with that threshold every large
     tensor is a fresh mmap with page faults, which would time the kernel, not the layer."""
     common = ["--device", args.device, "--repeats", str(args.repeats)]
+    common += ["--threads", str(args.threads)]
     results = _child(["time", shape, ",".join(args.variants), *common], dict(os.environ))
     memory_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     for variant in args.variants:
@@ -248,10 +250,18 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (and the fused loops' threads) per process; 0: torch's default",
+    )
+    parser.add_argument(
         "--variants", nargs="+", default=["plain", "fast", "fast-eager"], choices=VARIANTS
     )
     parser.add_argument("--child", nargs=3, metavar=("WHAT", "SHAPE", "VARIANTS"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         what, shape, variants = args.child
         if what == "time":
