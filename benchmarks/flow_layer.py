@@ -5,9 +5,12 @@ batched through one ``F.conv2d`` per operator (Sobel, divergence, grad u), boole
 for the three cases of Eq. 3, autograd for the backward (whole graph kept). It computes
 the same flow as the layer's default (forward-difference grad u; checked here before
 timing, and in tests/models/test_rep_flow.py). "fast" is vidact's layer as the networks
-use it (learned divergence, grad u taps, tau, lambda, theta; hand-written exact backward
-that keeps only the per-iteration state); "fast-compiled" the same through torch.compile
-(inductor; its first call, which compiles, is reported separately); "fast-ckpt" /
+use it (learned divergence, grad u taps, tau, lambda, theta) on a CPU: the fused loops of
+``vidact/models/rep_flow_fused.py`` (numba; each map runs all its iterations in cache)
+with their exact backward, keeping only the per-iteration state; "fast-eager" the same
+layer with torch's vectorised ops and the hand-written backward (``fused=False``, what
+runs on a GPU); "fast-compiled" that through torch.compile (inductor; its first call,
+which compiles, is reported separately); "fast-ckpt" /
 "fast-nockpt" are its vectorised ops through autograd with / without
 ``torch.utils.checkpoint``; "reference" is the literal per-equation loop of
 tests/models/reference_flow.py (slow; small shapes only).
@@ -17,13 +20,16 @@ quickstart (batch 8 x 7 pairs, C' = 16, 16 x 16, 10 iterations); ResNet block 3 
 at batch 2 x 8 pairs, C' = 32 (28 x 28, 14 x 14, 20 iterations); and (16, 128, 28, 28),
 the issue's (2, 128, 9, 28, 28) clip block taken as the layer's input, 20 iterations.
 
-Per variant and shape: forward time (grad enabled, as in training), forward + backward
-time (median of --repeats), peak memory of one forward + backward; then plain / fast.
-Every measurement runs in its own child process so that peaks are not hidden by memory
-the allocator kept from an earlier variant (CPU: peak RSS over the step, from
+Per variant and shape: forward time (grad enabled, as in training) and forward + backward
+time, the minimum over --repeats rounds in which all variants take turns in one process
+(the median of forward + backward too), and the peak memory of one forward + backward, in
+a process of its own; then plain / fast.
+Every peak is measured in its own child process so that it is not hidden by memory the
+allocator kept from an earlier variant (CPU: peak RSS over the step, from
 /proc/self/status VmHWM after resetting it; CUDA: max_memory_allocated).
 
-    python benchmarks/flow_layer.py [--device cuda] [--shapes quickstart res3] [--repeats 3]
+    python benchmarks/flow_layer.py [--device cuda] [--shapes quickstart res3] [--repeats 5]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ SHAPES = {
     "res4": (16, 32, 14, 14, 20),
     "issue": (16, 128, 28, 28, 20),
 }
-VARIANTS = ("plain", "fast", "fast-compiled", "fast-ckpt", "fast-nockpt", "reference")
+VARIANTS = ("plain", "fast", "fast-eager", "fast-compiled", "fast-ckpt", "fast-nockpt", "reference")
 
 
 def plain_flow(layer: RepresentationFlow, f1: Tensor, f2: Tensor) -> Tensor:
@@ -117,8 +123,9 @@ def _layer(variant: str, iterations: int, device: torch.device) -> Representatio
     layer = RepresentationFlow(
         iterations=iterations,
         checkpoint=variant != "fast-nockpt",
-        custom_backward=variant in ("fast", "fast-compiled"),
+        custom_backward=variant in ("fast", "fast-eager", "fast-compiled"),
         compiled=variant == "fast-compiled",
+        fused=variant == "fast",
     )
     return layer.to(device)
 
@@ -140,84 +147,98 @@ def check_plain(device: torch.device) -> None:
         assert ((a - b).norm() / b.norm()).item() < 1e-4
 
 
-def child(
-    variant: str, shape_name: str, device_name: str, repeats: int, what: str
-) -> dict[str, float]:
-    """Measure one variant in this (fresh) process: its peak memory or its times."""
-    device = torch.device(device_name)
-    pairs, channels, h, w, iterations = SHAPES[shape_name]
-    torch.manual_seed(0)
-    f1 = (torch.rand(pairs, channels, h, w, device=device) * 255).requires_grad_()
-    f2 = (f1.detach() + torch.randn_like(f1) * 10).requires_grad_()
-    layer = _layer(variant, iterations, device)
+class _Case:
+    """One variant at one shape: its layer, inputs and a forward call."""
 
-    def forward() -> Tensor:
-        if variant == "reference":
-            return reference_flow_of(layer, f1, f2)
-        if variant == "plain":
-            return plain_flow(layer, f1, f2)
-        return layer(f1, f2)
+    def __init__(self, variant: str, shape_name: str, device: torch.device) -> None:
+        pairs, channels, h, w, iterations = SHAPES[shape_name]
+        torch.manual_seed(0)
+        self.variant, self.device = variant, device
+        self.f1 = (torch.rand(pairs, channels, h, w, device=device) * 255).requires_grad_()
+        self.f2 = (self.f1.detach() + torch.randn_like(self.f1) * 10).requires_grad_()
+        self.layer = _layer(variant, iterations, device)
+        if variant == "fast":  # load (or compile) the fused loops outside the measurements
+            tiny = torch.rand(1, 1, 4, 4, device=device, requires_grad=True)
+            self.layer(tiny, tiny.detach() + 1).sum().backward()
 
-    def step() -> None:
-        forward().sum().backward()
+    def forward(self) -> Tensor:
+        if self.variant == "reference":
+            return reference_flow_of(self.layer, self.f1, self.f2)
+        if self.variant == "plain":
+            return plain_flow(self.layer, self.f1, self.f2)
+        return self.layer(self.f1, self.f2)
 
-    # peak memory of one forward + backward (also the warm-up)
-    if what == "time":
+    def timed_step(self) -> tuple[float, float]:
+        """(forward, forward + backward) seconds of one training step."""
+        _sync(self.device)
         t0 = time.perf_counter()
-        step()  # warm-up only (compiles, for fast-compiled)
-        first_s = time.perf_counter() - t0
-        if variant == "fast-compiled" and compile_error() is not None:
-            raise RuntimeError(f"torch.compile failed: {compile_error()}")
-        peak_mib = 0.0
-    elif device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        _sync(device)
-        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        base = _status_kib("VmRSS")
-        step()
-        peak_mib = (_status_kib("VmHWM") - base) / 1024
-    if what == "memory":
-        return {"peak_mib": peak_mib}
-    fwd, both = [], []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = forward()
-        _sync(device)
+        out = self.forward()
+        _sync(self.device)
         t1 = time.perf_counter()
         out.sum().backward()
+        _sync(self.device)
+        return t1 - t0, time.perf_counter() - t0
+
+
+def peak_memory(variant: str, shape_name: str, device_name: str) -> dict[str, float]:
+    """Extra peak memory of one forward + backward, in this (fresh) process."""
+    device = torch.device(device_name)
+    case = _Case(variant, shape_name, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        case.forward().sum().backward()
         _sync(device)
-        t2 = time.perf_counter()
-        fwd.append(t1 - t0)
-        both.append(t2 - t0)
-        del out
-    return {
-        "forward_s": statistics.median(fwd),
-        "fwd_bwd_s": statistics.median(both),
-        "first_s": first_s,
-    }
+        return {"peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = _status_kib("VmRSS")
+    case.forward().sum().backward()
+    return {"peak_mib": (_status_kib("VmHWM") - base) / 1024}
 
 
-def _measure(variant: str, shape: str, args: argparse.Namespace) -> dict[str, float]:
-    # Memory runs use a fixed mmap threshold: freed tensors go back to the OS, so RSS
-    # follows live memory (glibc's dynamic threshold would keep freed blocks and inflate
-    # later peaks). Timing runs use the normal allocator: with that threshold every large
-    # tensor is a fresh mmap with page faults, which would time the kernel, not the layer.
-    envs = {
-        "memory": {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
-        "time": dict(os.environ),
-    }
-    result: dict[str, float] = {}
-    for what, env in envs.items():
-        cmd = [sys.executable, __file__, "--child", variant, shape, what]
-        cmd += ["--device", args.device, "--repeats", str(args.repeats)]
-        run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-        result.update(json.loads(run.stdout.strip().splitlines()[-1]))
+def times(variants: list[str], shape_name: str, device_name: str, repeats: int) -> dict:
+    """Every variant's times, measured in this one process in turns (variant after
+    variant, ``repeats`` rounds) and summarised by the minimum: on a shared machine the
+    other load then falls on all variants alike, and the minimum is the least disturbed."""
+    device = torch.device(device_name)
+    cases = {v: _Case(v, shape_name, device) for v in variants}
+    result: dict[str, dict[str, float]] = {}
+    for variant, case in cases.items():  # the first call (compiles, for fast-compiled)
+        t0 = time.perf_counter()
+        case.timed_step()
+        result[variant] = {"first_s": time.perf_counter() - t0}
+        if variant == "fast-compiled" and compile_error() is not None:
+            raise RuntimeError(f"torch.compile failed: {compile_error()}")
+    samples: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for variant, case in cases.items():
+            samples[variant].append(case.timed_step())
+    for variant, runs in samples.items():
+        result[variant]["forward_s"] = min(f for f, _ in runs)
+        result[variant]["fwd_bwd_s"] = min(b for _, b in runs)
+        result[variant]["fwd_bwd_median_s"] = statistics.median(b for _, b in runs)
     return result
+
+
+def _child(args: list[str], env: dict[str, str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", *args]
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _measure(shape: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Times of all variants in one child process; each peak in a child of its own.
+    Memory runs use a fixed mmap threshold: freed tensors go back to the OS, so RSS
+    follows live memory (glibc's dynamic threshold would keep freed blocks and inflate
+    later peaks). Timing runs use the normal allocator: with that threshold every large
+    tensor is a fresh mmap with page faults, which would time the kernel, not the layer."""
+    common = ["--device", args.device, "--repeats", str(args.repeats)]
+    common += ["--threads", str(args.threads)]
+    results = _child(["time", shape, ",".join(args.variants), *common], dict(os.environ))
+    memory_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    for variant in args.variants:
+        results[variant].update(_child(["memory", shape, variant, *common], memory_env))
+    return results
 
 
 def main() -> None:
@@ -227,15 +248,26 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--variants", nargs="+", default=["plain", "fast", "fast-ckpt"], choices=VARIANTS
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (and the fused loops' threads) per process; 0: torch's default",
     )
-    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "SHAPE", "WHAT"))
+    parser.add_argument(
+        "--variants", nargs="+", default=["plain", "fast", "fast-eager"], choices=VARIANTS
+    )
+    parser.add_argument("--child", nargs=3, metavar=("WHAT", "SHAPE", "VARIANTS"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
-        result = child(args.child[0], args.child[1], args.device, args.repeats, args.child[2])
-        print(json.dumps(result))
+        what, shape, variants = args.child
+        if what == "time":
+            print(json.dumps(times(variants.split(","), shape, args.device, args.repeats)))
+        else:
+            print(json.dumps(peak_memory(variants, shape, args.device)))
         return
     check_plain(torch.device(args.device))
     print(
@@ -245,14 +277,15 @@ def main() -> None:
     for shape in args.shapes:
         pairs, channels, h, w, iterations = SHAPES[shape]
         print(f"{shape}: ({pairs}, {channels}, {h}, {w}), {iterations} iterations")
-        results = {variant: _measure(variant, shape, args) for variant in args.variants}
+        results = _measure(shape, args)
         for variant, r in results.items():
             print(
                 f"  {variant:12s} forward {r['forward_s'] * 1e3:9.1f} ms   "
-                f"fwd+bwd {r['fwd_bwd_s'] * 1e3:9.1f} ms   peak {r['peak_mib']:8.1f} MiB   "
+                f"fwd+bwd {r['fwd_bwd_s'] * 1e3:9.1f} ms (median "
+                f"{r['fwd_bwd_median_s'] * 1e3:.1f})   peak {r['peak_mib']:8.1f} MiB   "
                 f"first call {r['first_s']:6.1f} s"
             )
-        for name in ("fast", "fast-compiled"):
+        for name in ("fast", "fast-eager", "fast-compiled"):
             if "plain" in results and name in results:
                 ref, fast = results["plain"], results[name]
                 print(

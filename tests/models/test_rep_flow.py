@@ -91,9 +91,10 @@ def test_fast_layer_matches_literal_algorithm(
 def test_float32_backward_paths_agree_with_reference(
     learn: str, grad_u: str, normalize: bool
 ) -> None:
-    """float32: the hand-written backward, checkpointed autograd and plain autograd all
-    match the literal reference run in float64 within 1e-4 (relative to the norm). The
-    networks' default (learned divergence and grad u taps) takes the hand-written backward.
+    """float32: the fused CPU loops, the hand-written backward, checkpointed autograd and
+    plain autograd all match the literal reference run in float64 within 1e-4 (relative to
+    the norm). The networks' default (learned divergence and grad u taps) takes the fused
+    loops on a CPU, the hand-written backward elsewhere.
     theta's gradient is a sum of terms that nearly cancel: in float32 even the literal
     reference is 3e-4 off its float64 value, so it gets 1e-3."""
     f1, f2 = (t.float().requires_grad_() for t in _pair())
@@ -109,14 +110,72 @@ def test_float32_backward_paths_agree_with_reference(
     ref = reference_flow_of(exact, a1, f2.detach().double())
     g_ref = torch.autograd.grad(ref.square().sum(), [a1, *exact.parameters()])
     names = ["f1", *(n for n, _ in layer.named_parameters())]
-    for custom, checkpoint in ((True, True), (False, True), (False, False)):
-        layer.custom_backward, layer.checkpoint = custom, checkpoint
+    variants = ((True, True, True), (True, True, False), (False, True, False))
+    for custom, checkpoint, fused in (*variants, (False, False, False)):
+        layer.custom_backward, layer.checkpoint, layer.fused = custom, checkpoint, fused
         out = layer(f1, f2)
         assert ((out - ref).norm() / ref.norm()).item() < 1e-4
         g = torch.autograd.grad(out.square().sum(), [f1, *layer.parameters()])
         for name, a, b in zip(names, g, g_ref, strict=True):
             tol = 1e-3 if name == "theta" else 1e-4
-            assert ((a - b).norm() / b.norm()).item() < tol, (name, custom, checkpoint)
+            assert ((a - b).norm() / b.norm()).item() < tol, (name, custom, checkpoint, fused)
+
+
+@pytest.mark.parametrize("size", [(12, 13), (1, 7), (6, 1), (1, 1), (2, 2)])
+def test_fused_loops_equal_the_eager_iterations(size: tuple[int, int]) -> None:
+    """The fused CPU loops (rep_flow_fused) compute the eager layer's flow and every
+    gradient, in float64 to 1e-10, also on maps of one row, one column or one pixel (the
+    borders of Eqs. 5 and 9), with learned taps moved off [-1, 1]; without autograd too."""
+    g = torch.Generator().manual_seed(3)
+    f1 = torch.rand(2, 3, *size, generator=g, dtype=torch.float64) * 255
+    f2 = (f1 + torch.randn(f1.shape, generator=g, dtype=torch.float64) * 20).clamp(0, 255)
+    fused = RepresentationFlow(iterations=6, learn="all").double()
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
+    eager = copy.deepcopy(fused)
+    eager.fused = False
+    inputs = [f1.requires_grad_(), f2.requires_grad_()]
+    out, want = fused(*inputs), eager(*inputs)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    got = torch.autograd.grad((out * weights).sum(), [*inputs, *fused.parameters()])
+    ref = torch.autograd.grad((want * weights).sum(), [*inputs, *eager.parameters()])
+    names = ["f1", "f2", *(n for n, _ in fused.named_parameters())]
+    for name, a, b in zip(names, got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item(), msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(f1, f2), want.detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_fused_loops_are_used_on_cpu_and_can_be_switched_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default layer on a CPU runs the fused loops (forward and backward); with
+    VIDACT_FUSED_FLOW=0, fused=False, grad_u="sobel" or compiled=True it does not."""
+    from vidact.models import rep_flow_fused
+
+    calls: list[str] = []
+    for name in ("iterate", "iterate_backward"):
+        real = getattr(rep_flow_fused, name)
+
+        def spy(*args: object, _real=real, _name=name, **kwargs: object) -> object:  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(rep_flow_fused, name, spy)
+    f1, f2 = (t.float().requires_grad_() for t in _pair())
+    RepresentationFlow(iterations=2)(f1, f2).sum().backward()
+    assert calls == ["iterate", "iterate_backward"]
+    calls.clear()
+    for layer in (
+        RepresentationFlow(iterations=2, fused=False),
+        RepresentationFlow(iterations=2, grad_u="sobel"),
+    ):
+        layer(f1, f2).sum().backward()
+    monkeypatch.setenv(rep_flow_fused.DISABLE_ENV, "0")
+    RepresentationFlow(iterations=2)(f1, f2).sum().backward()
+    assert calls == []
 
 
 def test_compiled_iterations_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:

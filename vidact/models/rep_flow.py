@@ -44,13 +44,16 @@ Conventions (tested):
   is 0 the update is v = u (the limit of the first two cases), computed without a NaN.
 
 Speed: the three cases of Eq. 3 are one clamp, v = u - grad F2 * clamp(rho / |grad F2|^2,
--lambda*theta, lambda*theta); all B*C channels and both flow components go through the same
-elementwise/shifted-view operations (no Python work per channel; CPU depthwise conv2d is far
-slower here). In training, ``_Iterations`` keeps only the state (u, p) entering each
-iteration and a hand-written backward recomputes each iteration and applies its exact
-adjoint (every setting but learned Sobel kernels in Eq. 10, which take autograd with
-``torch.utils.checkpoint`` per iteration, also exact, same memory bound). The core runs in
-float32 (float64 for float64 input) with autocast disabled.
+-lambda*theta, lambda*theta). On a CPU, with the default grad u, the iterations run in
+fused loops (``rep_flow_fused``, numba): each map does all its iterations in cache, two
+passes per iteration, and an exact hand-written backward in four. Elsewhere (GPU,
+``fused=False``) all B*C channels and both flow components go through the same
+elementwise/shifted-view torch operations (no Python work per channel). Either way, in
+training ``_Iterations`` keeps only the state (u, p) entering each iteration and the
+backward recomputes each iteration and applies its exact adjoint (every setting but
+learned Sobel kernels in Eq. 10, which take autograd with ``torch.utils.checkpoint`` per
+iteration, also exact, same memory bound). The core runs in float32 (float64 for float64
+input) with autocast disabled.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vidact.errors import VidactError
+from vidact.models import rep_flow_fused
 from vidact.models.backbones import fold_time, unfold_time
 
 # ----------------------------------------------------------------------- the paper's numbers
@@ -378,22 +382,27 @@ class _Iterations(torch.autograd.Function):
         iterations: int,
         gain: float,
         compiled: bool,
+        fused: bool,
         fx: Tensor | None,
         fy: Tensor | None,
         *tensors: Tensor,
     ) -> Tensor:
         t = _Terms._make((*tensors, fx, fy, None, None, gain))
-        m, _, h, w = t.grad_f2.shape
-        us = t.grad_f2.new_zeros(iterations, m, 2, h, w)
-        ps = t.grad_f2.new_zeros(iterations, m, 2, 2, h, w)
-        u, p = us[0].clone(), ps[0].clone()
-        for k in range(iterations):
-            us[k], ps[k] = u, p
-            u, p = _run(_step, compiled, u, p, t)
+        if fused:
+            u, us, ps = rep_flow_fused.iterate(iterations, _fused_inputs(t), save=True)
+        else:
+            m, _, h, w = t.grad_f2.shape
+            us = t.grad_f2.new_zeros(iterations, m, 2, h, w)
+            ps = t.grad_f2.new_zeros(iterations, m, 2, 2, h, w)
+            u, p = us[0].clone(), ps[0].clone()
+            for k in range(iterations):
+                us[k], ps[k] = u, p
+                u, p = _run(_step, compiled, u, p, t)
         taps = () if fx is None or fy is None else (fx, fy)
         ctx.save_for_backward(*tensors, *taps, us, ps)
         ctx.gain = gain  # type: ignore[attr-defined]
         ctx.compiled = compiled  # type: ignore[attr-defined]
+        ctx.fused = fused  # type: ignore[attr-defined]
         return u
 
     @staticmethod
@@ -405,6 +414,8 @@ class _Iterations(torch.autograd.Function):
         tensors, us, ps = saved[:n], saved[-2], saved[-1]
         fx, fy = saved[n : n + 2] if len(saved) == n + 4 else (None, None)
         t = _Terms._make((*tensors, fx, fy, None, None, ctx.gain))  # type: ignore[attr-defined]
+        if ctx.fused:  # type: ignore[attr-defined]
+            return None, None, None, None, *_fused_backward(t, us, ps, grad_out)
         acc = {name: torch.zeros_like(x) for name, x in zip(_DIFFERENTIABLE, tensors, strict=True)}
         if fx is not None and fy is not None:
             acc["fx"], acc["fy"] = torch.zeros_like(fx), torch.zeros_like(fy)
@@ -412,7 +423,37 @@ class _Iterations(torch.autograd.Function):
         for k in range(us.shape[0] - 1, -1, -1):
             du, dp = _run(_step_backward, ctx.compiled, t, us[k], ps[k], du, dp, acc)  # type: ignore[attr-defined]
         fx_grad, fy_grad = acc.get("fx"), acc.get("fy")
-        return None, None, None, fx_grad, fy_grad, *(acc[k] for k in _DIFFERENTIABLE)
+        return None, None, None, None, fx_grad, fy_grad, *(acc[k] for k in _DIFFERENTIABLE)
+
+
+def _fused_inputs(t: _Terms) -> rep_flow_fused.Inputs:
+    """What the fused loops (and their backward) read, from the terms."""
+    assert t.fx is not None and t.fy is not None and t.gain == 1.0
+    scalars = (t.lam_theta, t.theta, t.tau_theta)
+    return rep_flow_fused.Inputs(t.rho_c, t.grad_f2, t.inv_sq, scalars, (t.wx, t.wy, t.fx, t.fy))
+
+
+def _fused_backward(t: _Terms, us: Tensor, ps: Tensor, grad_out: Tensor) -> tuple[Tensor, ...]:
+    """The gradients of (fx, fy, *_DIFFERENTIABLE) from the fused loops' backward."""
+    d_rho_c, d_grad_f2, d_inv_sq, per_map = rep_flow_fused.iterate_backward(
+        _fused_inputs(t), us, ps, grad_out
+    )
+    acc = dict(zip(rep_flow_fused.SCALARS, per_map.sum(0).unbind(), strict=True))
+    like = t.theta
+
+    def taps(a: str, b: str) -> Tensor:
+        return torch.stack([acc[a], acc[b]]).to(like.dtype)
+
+    return (
+        taps("fx0", "fx1"),
+        taps("fy0", "fy1"),
+        d_rho_c,
+        d_grad_f2,
+        d_inv_sq,
+        *(acc[k].to(like.dtype) for k in ("lam_theta", "theta", "tau_theta")),
+        taps("wx0", "wx1"),
+        taps("wy0", "wy1"),
+    )
 
 
 class RepresentationFlow(nn.Module):
@@ -442,6 +483,10 @@ class RepresentationFlow(nn.Module):
             torch.compile; None (default): when the environment sets VIDACT_COMPILE_FLOW=1.
             The first call per shape compiles (tens of seconds on a CPU; cached on disk by
             torch); falls back to eager with a warning where compilation fails.
+        fused: on a CPU, run the iterations (default grad u) in the fused numba loops of
+            ``rep_flow_fused`` (default; the same numbers as the torch ops up to rounding,
+            several times faster); False, ``compiled=True`` or VIDACT_FUSED_FLOW=0: torch's
+            ops. Compiled once per machine (about 10-30 s, cached on disk by numba).
     """
 
     def __init__(
@@ -463,6 +508,7 @@ class RepresentationFlow(nn.Module):
         grad_y: Sequence[float] = GRAD_Y,
         compiled: bool | None = None,
         image_grad: str = "sobel",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         if iterations < 1:
@@ -478,6 +524,7 @@ class RepresentationFlow(nn.Module):
         self.checkpoint = checkpoint
         self.custom_backward = custom_backward
         self.compiled = os.environ.get(COMPILE_ENV) == "1" if compiled is None else compiled
+        self.fused = fused
         groups = _learn_set(learn)
         divergence: dict[str, object] = {"div_x": div_x, "div_y": div_y}
         if grad_u == "forward":
@@ -553,6 +600,17 @@ class RepresentationFlow(nn.Module):
             gain=1.0 if forward else scale,
         )
 
+    def _fused_applies(self, t: _Terms) -> bool:
+        """The fused CPU loops run the default operators (forward-difference grad u) on
+        CPU tensors, unless torch.compile was asked for or they are switched off."""
+        return (
+            self.fused
+            and not self.compiled
+            and t.fx is not None
+            and t.grad_f2.device.type == "cpu"
+            and rep_flow_fused.available()
+        )
+
     def forward(self, f1: Tensor, f2: Tensor) -> Tensor:
         if f1.shape != f2.shape or f1.dim() != 4:
             raise ValueError(
@@ -565,11 +623,15 @@ class RepresentationFlow(nn.Module):
                 f1.to(dtype).reshape(b * c, 1, h, w), f2.to(dtype).reshape(b * c, 1, h, w)
             )
             custom = t.kx is None and self.custom_backward
+            fused = self._fused_applies(t)
             if custom and torch.is_grad_enabled():
                 tensors = (t.rho_c, t.grad_f2, t.inv_sq, t.lam_theta, t.theta, t.tau_theta)
                 u = _Iterations.apply(
-                    self.iterations, t.gain, self.compiled, t.fx, t.fy, *tensors, t.wx, t.wy
+                    self.iterations, t.gain, self.compiled, fused, t.fx, t.fy, *tensors, t.wx, t.wy
                 )
+                return u.reshape(b, 2 * c, h, w)
+            if fused and not torch.is_grad_enabled():
+                u, _, _ = rep_flow_fused.iterate(self.iterations, _fused_inputs(t), save=False)
                 return u.reshape(b, 2 * c, h, w)
             u = t.grad_f2.new_zeros(b * c, 2, h, w)
             p = t.grad_f2.new_zeros(b * c, 2, 2, h, w)
