@@ -99,6 +99,15 @@ def read_frames(path: str | Path, indices: Sequence[int], backend: str | None = 
     return _with_fallback(path, backend, lambda reader: reader.read(index_list))
 
 
+def frame_rate(path: str | Path, backend: str | None = None) -> float:
+    """The frame rate a reader sees (0.0 for a frame folder), without decoding a frame."""
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        return 0.0
+    return _with_fallback(path, backend, lambda reader: reader.fps)
+
+
 def read_clip(
     path: str | Path,
     pick: Callable[[int, float], Sequence[int]],
