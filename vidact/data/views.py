@@ -39,7 +39,7 @@ from vidact.data.crops import CENTRE_CROP, Crops
 from vidact.data.dataset import ClipSpec
 from vidact.data.manifest import Sample
 from vidact.data.sampling import segment_range, uniform_clip_indices
-from vidact.data.transforms import Box, ClipTransform, _to_source, center_box, crop_resize
+from vidact.data.transforms import Box, ClipTransform, _to_source, center_box, crop_resize, mirror
 from vidact.data.video import frame_rate, read_clip, read_flow_frames
 from vidact.errors import VideoReadError
 
@@ -190,10 +190,8 @@ def build_views(
                 cut[view.box] = crop_resize(clip_frames, view.box, crop_size)
             clip = cut[view.box]
             if view.flip:
-                clip = clip.flip(-1)
-                if transform.modality == "flow":
-                    clip[0] = 255.0 - clip[0]
-            out.append(transform.normalize(clip))
+                clip = mirror(clip, transform.modality)
+            out.append(transform.normalize(clip.permute(1, 0, 2, 3)))
     return torch.stack(out)
 
 
