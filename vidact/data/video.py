@@ -309,14 +309,33 @@ class _DecordReader:
 def _exact_decord(path: Path) -> _Reader:
     """decord, for a file where its key-frame index agrees with the container's."""
     reader = _DecordReader(path)
-    try:
-        index = _packet_index(path)
-    except VideoReadError:
-        return reader  # PyAV cannot demux it: nothing to check against
-    if reader.key_indices() != index.keys and index.pts is not None:
+    stat = path.stat()
+    if not _decord_agrees(str(path.resolve()), stat.st_size, stat.st_mtime_ns, reader):
         reader.close()
         raise VideoReadError(path, "its key frames disagree with the container's (inexact)")
     return reader
+
+
+def _decord_agrees(path: str, size: int, mtime_ns: int, reader: _DecordReader) -> bool:
+    """Whether decord's key frames are the container's, remembered per file version (a
+    verdict is a few hundred bytes: 65536 of them, the largest datasets' per-worker share
+    of an epoch for most; past that the check repeats, one container opening per clip)."""
+    key = (path, size, mtime_ns)
+    verdict = _VERDICTS.get(key)
+    if verdict is None:
+        try:
+            index = _cached_index(path, size, mtime_ns)
+        except VideoReadError:  # PyAV cannot demux it: nothing to check against
+            return True
+        verdict = index.pts is None or reader.key_indices() == index.keys
+        if len(_VERDICTS) >= _MAX_VERDICTS:
+            _VERDICTS.pop(next(iter(_VERDICTS)))  # the oldest
+        _VERDICTS[key] = verdict
+    return verdict
+
+
+_VERDICTS: dict[tuple[str, int, int], bool] = {}
+_MAX_VERDICTS = 1 << 16
 
 
 # PyAV -------------------------------------------------------------------------------------
@@ -329,7 +348,8 @@ def _packet_index(path: Path) -> PacketIndex:
 
 @functools.lru_cache(maxsize=256)
 def _cached_index(path: str, size: int, mtime_ns: int) -> PacketIndex:
-    """One demux per file and process (the key is the file's identity and version)."""
+    """One demux per file and process for the files read lately (the key is the file's
+    identity and version; an index holds one timestamp per frame)."""
     return index_packets(Path(path))
 
 
