@@ -86,7 +86,7 @@ def probe(path: str | Path, backend: str | None = None) -> VideoInfo:
     _check_exists(path)
     if path.is_dir():
         return _probe_folder(path)
-    return _with_fallback(path, backend, lambda reader: reader.info())
+    return _with_fallback(path, backend, lambda reader: reader.info(), reads=False)
 
 
 def read_frames(path: str | Path, indices: Sequence[int], backend: str | None = None) -> np.ndarray:
@@ -105,7 +105,7 @@ def frame_rate(path: str | Path, backend: str | None = None) -> float:
     _check_exists(path)
     if path.is_dir():
         return 0.0
-    return _with_fallback(path, backend, lambda reader: reader.fps)
+    return _with_fallback(path, backend, lambda reader: reader.fps, reads=False)
 
 
 def read_clip(
@@ -219,8 +219,11 @@ class _Reader(Protocol):
     def close(self) -> None: ...
 
 
-def _chain(path: Path, backend: str | None) -> list[tuple[str, Callable[[Path], _Reader]]]:
-    """The backends to try in turn for `backend` ("auto": decord, PyAV, OpenCV)."""
+def _chain(
+    path: Path, backend: str | None, reads: bool = True
+) -> list[tuple[str, Callable[[Path], _Reader]]]:
+    """The backends to try in turn for `backend` ("auto": decord, PyAV, OpenCV; decord
+    only where its index is exact when frames are to be read, i.e. `reads`)."""
     choice = backend or default_backend()
     if choice not in BACKENDS:
         raise VideoReadError(
@@ -236,12 +239,16 @@ def _chain(path: Path, backend: str | None) -> list[tuple[str, Callable[[Path], 
     if choice != "auto":
         return [(choice, openers[choice])]
     chain = [("pyav", openers["pyav"]), ("opencv", openers["opencv"])]
-    return ([("decord", _exact_decord)] if decord_available() else []) + chain
+    decord = _exact_decord if reads else _DecordReader
+    return ([("decord", decord)] if decord_available() else []) + chain
 
 
-def _with_fallback(path: Path, backend: str | None, run: Callable[[_Reader], T]) -> T:
-    """`run` on the first backend of the chain that opens and reads `path`."""
-    chain = _chain(path, backend)
+def _with_fallback(
+    path: Path, backend: str | None, run: Callable[[_Reader], T], reads: bool = True
+) -> T:
+    """`run` on the first backend of the chain that opens and reads `path` (`reads`:
+    whether `run` decodes frames, which decord must then index exactly)."""
+    chain = _chain(path, backend, reads)
     failures: list[str] = []
     for number, (name, opener) in enumerate(chain):
         try:
