@@ -293,7 +293,7 @@ def run_loader(args: argparse.Namespace, samples: list[Sample], root: Path) -> N
         )
     )
     for name, make in cases:
-        if args.only and not name.startswith(args.only):
+        if args.only and name.split()[0] != args.only:
             continue
         bare, ours = make()
         for workers in (0, 2):
