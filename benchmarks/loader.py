@@ -223,7 +223,7 @@ class Keys(Dataset[Any]):
         return 1 << 30
 
     def __getitem__(self, key: int) -> Any:
-        return self.inner[(key // self.size, key % self.size) if self.pair else key]
+        return self.inner[(key // self.size, key % self.size) if self.pair else key % self.size]
 
 
 def _one_thread(_: int = 0) -> None:
