@@ -15,3 +15,6 @@ FLOW_BOUND = 20.0
 
 # TV-L1 backends `compute_flow` knows ("auto" picks one at run time; see vidact.flow.backends).
 FLOW_BACKENDS: tuple[str, ...] = ("auto", "torch", "opencv-cuda", "opencv")
+
+# Video decoders `read_frames` knows, in the order "auto" tries them (see vidact.data.video).
+VIDEO_BACKENDS: tuple[str, ...] = ("auto", "decord", "pyav", "opencv")

@@ -68,7 +68,7 @@ class DataConfig(_Section):
     mean: list[float] = Field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = Field(default_factory=lambda: list(IMAGENET_STD))
     flow_bound: float = Field(FLOW_BOUND, gt=0)
-    video_backend: Literal["auto", "decord", "opencv"] = "auto"
+    video_backend: Literal["auto", "decord", "pyav", "opencv"] = "auto"
     num_workers: int = Field(2, ge=0)
     pin_memory: bool = True
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vidact.data.dataset import EpochBatchSampler
 from vidact.data.sampling import sample_indices, uniform_clip_indices
@@ -96,3 +98,69 @@ def test_clip_transform_shapes_normalisation_and_flow_flip() -> None:
     tf = ClipTransform(train=True, input_size=32, short_side=32, crop="center", modality="flow")
     outs = {round(float(tf(flow, np.random.default_rng(s))[0].mean()), 3) for s in range(12)}
     assert outs == {round(200 / 127.5 - 1, 3), round(55 / 127.5 - 1, 3)}  # flipped: x negated
+
+
+def literal_transform(
+    transform: ClipTransform, frames: np.ndarray, rng: np.random.Generator | None
+) -> torch.Tensor:
+    """The float path the uint8 one replaced, literally: crop, convert the crop to float,
+    antialiased bilinear resize in float, flip, normalise."""
+    height, width = frames.shape[1:3]
+    if transform.train:
+        assert rng is not None
+        box = transform.train_box(height, width, rng)
+        flip = transform.hflip and bool(rng.random() < 0.5)
+    else:
+        box, flip = center_box(height, width, transform.short_side, transform.input_size), False
+    top, left, h, w = box
+    clip = torch.from_numpy(frames[:, top : top + h, left : left + w].copy())
+    clip = clip.permute(0, 3, 1, 2).float()
+    size = (transform.input_size, transform.input_size)
+    if tuple(clip.shape[-2:]) != size:
+        clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
+    clip = clip.permute(1, 0, 2, 3)
+    if flip:
+        clip = clip.flip(-1)
+        if transform.modality == "flow":
+            clip[0] = 255.0 - clip[0]
+    if transform.modality == "flow":
+        return clip / 127.5 - 1.0
+    mean = torch.tensor(transform.mean).view(-1, 1, 1, 1) * 255.0
+    std = torch.tensor(transform.std).view(-1, 1, 1, 1) * 255.0
+    return (clip - mean) / std
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+@pytest.mark.parametrize("crop", ["multiscale", "random_resized", "center", "eval"])
+def test_uint8_transform_equals_the_float_path_within_one_grey_level(
+    modality: str, crop: str
+) -> None:
+    """Crop and resize on uint8 round each resized pixel once: at most one grey level
+    (1/255 of the range) from the float path, never more, and exact where no resize."""
+    channels = 3 if modality == "rgb" else 2
+    smooth = np.random.default_rng(1).integers(0, 256, (6, 12, 16, channels)).astype(np.uint8)
+    frames = np.stack([cv2.resize(f, (90, 60), interpolation=cv2.INTER_CUBIC) for f in smooth])
+    noise = np.random.default_rng(2).integers(0, 256, frames.shape, dtype=np.uint8)
+    if frames.ndim == 3:  # cv2 drops a single channel axis; keep (T, H, W, C)
+        frames = frames[..., None]
+    edges = (np.arange(90) % 7 == 0).reshape(1, 1, 90, 1)  # sharp columns among smooth ones
+    frames = np.ascontiguousarray(np.where(edges, noise, frames).astype(np.uint8))
+    transform = ClipTransform(
+        train=crop != "eval", input_size=32, short_side=48,
+        crop="center" if crop == "eval" else crop, modality=modality,
+    )  # fmt: skip
+    one_level = (1 / 127.5) if modality == "flow" else 1 / (255 * min(transform.std))
+    for seed in range(8):
+        fast = transform(frames, np.random.default_rng(seed))
+        slow = literal_transform(transform, frames, np.random.default_rng(seed))
+        assert fast.shape == slow.shape and fast.dtype == torch.float32 and fast.is_contiguous()
+        error = (fast - slow).abs().max().item()
+        assert error <= one_level * 1.0001
+    assert (fast - slow).abs().mean().item() < one_level / 2  # rounding, not a shifted filter
+
+
+def test_uint8_transform_is_exact_when_nothing_is_resized() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 40, 3), dtype=np.uint8)
+    transform = ClipTransform(train=False, input_size=32, short_side=32)
+    fast = transform(frames)
+    assert torch.equal(fast, literal_transform(transform, frames, None))

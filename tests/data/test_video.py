@@ -1,4 +1,4 @@
-"""Video I/O through decord, through the forced OpenCV fallback, and on bad files."""
+"""Video I/O through decord, PyAV and the OpenCV fallback, and on bad files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.conftest import frame_index_of, numbered_frames, write_video
 from vidact.data import video
 from vidact.errors import VideoReadError
 
-BACKENDS = ["decord", "opencv", "auto"]
+BACKENDS = ["decord", "pyav", "opencv", "auto"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -49,6 +49,10 @@ def test_probe_and_read_can_snap_to_key_frames(numbered_video: Path) -> None:
     # OpenCV's mp4v writer puts a key frame every 12 frames: 0, 12, 24
     _, frames = video.probe_and_read(
         numbered_video, lambda n: [29, 17, 12, 3], backend="decord", key_frames=True
+    )
+    assert [frame_index_of(f) for f in frames] == [24, 12, 12, 0]
+    _, frames = video.probe_and_read(
+        numbered_video, lambda n: [29, 17, 12, 3], backend="pyav", key_frames=True
     )
     assert [frame_index_of(f) for f in frames] == [24, 12, 12, 0]
     _, frames = video.probe_and_read(  # OpenCV knows no key frames: the picks as they are
@@ -113,10 +117,27 @@ def test_opencv_reads_only_up_to_the_last_index(
     assert grabs["count"] == 4  # frames 0..3
 
 
-def test_opencv_seeks_over_long_gaps(tmp_path: Path) -> None:
+def test_opencv_never_seeks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAP_PROP_POS_FRAMES seeks can land early (opencv/opencv#4890): OpenCV reads forward."""
     path = write_video(tmp_path / "long.mp4", numbered_frames(60, 32, 48))
-    frames = video.read_frames(path, [0, 58], backend="opencv")
-    assert [frame_index_of(f) for f in frames] == [0, 58]
+    real = cv2.VideoCapture
+    positions: list[float] = []
+
+    class NoSeekCapture:
+        def __init__(self, *args: object) -> None:
+            self._inner = real(*args)
+
+        def set(self, prop: int, value: float) -> bool:
+            positions.append(value)
+            return bool(self._inner.set(prop, value))
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(video.cv2, "VideoCapture", NoSeekCapture)
+    frames = video.read_frames(path, [58, 0, 58], backend="opencv")
+    assert [frame_index_of(f) for f in frames] == [58, 0, 58]
+    assert positions == []
 
 
 def test_frame_folder_reads_through_the_same_interface(tmp_path: Path) -> None:

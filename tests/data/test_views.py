@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,11 +108,12 @@ def test_every_view_comes_from_one_decode(monkeypatch: pytest.MonkeyPatch) -> No
     frames = np.random.default_rng(0).integers(0, 256, (30, 48, 64, 3), dtype=np.uint8)
     calls: list[list[int]] = []
 
-    def fake_read(path: Path, indices: list[int], backend: str | None = None) -> np.ndarray:
-        calls.append(list(indices))
+    def fake_read(path: Path, pick: Callable[[int, float], list[int]], backend: object) -> Any:
+        indices = list(pick(30, 25.0))
+        calls.append(indices)
         return frames[indices]
 
-    monkeypatch.setattr(views_module, "read_frames", fake_read)
+    monkeypatch.setattr(views_module, "read_clip", fake_read)
     spec_a = ViewSpec(ClipSpec(num_frames=4, sampler="dense", frame_stride=2), clips=4,
                       crops=Crops.parse("10"), crop_size=24, short_side=32)  # fmt: skip
     spec_b = ViewSpec(ClipSpec(num_frames=8), clips=2, crops=Crops.parse("3"), crop_size=16,

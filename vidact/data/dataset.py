@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vidact.data.manifest import Sample
-from vidact.data.sampling import sample_indices
+from vidact.data.sampling import sample_indices, segment_range
 from vidact.data.transforms import ClipTransform
-from vidact.data.video import read_flow_frames, read_frames
+from vidact.data.video import frame_rate, read_clip, read_flow_frames, read_frames
 from vidact.errors import VideoReadError
 
 if TYPE_CHECKING:
@@ -103,29 +103,66 @@ class ClipDataset(Dataset[dict[str, Any]]):
         )
 
     def load_clip(self, sample: Sample, rng: np.random.Generator | None) -> torch.Tensor:
-        """Decode and transform one clip of `sample` (raises VideoReadError)."""
+        """Decode and transform one clip of `sample` (raises VideoReadError). An untrimmed
+        video's clip comes from its [start, end) segment only."""
         spec = self.spec
+        video = self.root / sample.path
+        if "flow" in spec.modality and sample.flow is None:
+            raise VideoReadError(video, "no TV-L1 flow folder in the manifest")
+        if spec.modality == "flow":
+            fps = frame_rate(video, spec.video_backend) if _segmented(sample) else 0.0
+            indices = self.clip_indices(sample, sample.num_frames, fps, rng)
+            return self.flow_transform(self.read_flow(sample, indices), rng)
+        frames, indices = self.read_rgb(sample, rng)
         if spec.modality == "rgb":
-            indices = sample_indices(
-                spec.sampler, sample.num_frames, spec.num_frames, spec.frame_stride, rng
-            )
-            frames = read_frames(self.root / sample.path, indices.tolist(), spec.video_backend)
             return self.transform(frames, rng)
-        if sample.flow is None:
-            raise VideoReadError(self.root / sample.path, "no TV-L1 flow folder in the manifest")
-        # Flow frame t is the flow from frame t to t + 1: one fewer than the video's frames.
-        indices = sample_indices(
-            spec.sampler, max(sample.num_frames - 1, 1), spec.num_frames, spec.frame_stride, rng
-        )
-        flow = read_flow_frames(self.root / sample.flow, indices.tolist())
+        flow = self.read_flow(sample, indices)
         state = rng.bit_generator.state if rng is not None else None
         flow_clip = self.flow_transform(flow, rng)
-        if spec.modality == "flow":
-            return flow_clip
         if rng is not None and state is not None:  # RGB gets exactly the flow's crop/flip
             rng.bit_generator.state = state
-        frames = read_frames(self.root / sample.path, indices.tolist(), spec.video_backend)
         return torch.cat([self.transform(frames, rng), flow_clip], dim=0)
+
+    def clip_indices(
+        self, sample: Sample, num_frames: int, fps: float, rng: np.random.Generator | None
+    ) -> list[int]:
+        """The clip's frame indices in the video's [start, end) segment (the whole video
+        when the sample has none). Flow frame t is the flow from frame t to t + 1, so a
+        clip with flow stays one frame short of the segment's end."""
+        spec = self.spec
+        try:
+            first, stop = segment_range(num_frames, fps, sample.start, sample.end)
+        except ValueError as exc:
+            raise VideoReadError(self.root / sample.path, str(exc)) from None
+        usable = max(stop - first - 1, 1) if "flow" in spec.modality else stop - first
+        picked = sample_indices(spec.sampler, usable, spec.num_frames, spec.frame_stride, rng)
+        return (first + picked).tolist()
+
+    def read_rgb(
+        self, sample: Sample, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, list[int]]:
+        """One clip's RGB frames and their indices, with one opening of the video."""
+        video, backend = self.root / sample.path, self.spec.video_backend
+        if not _segmented(sample):  # the indices need no frame rate
+            indices = self.clip_indices(sample, sample.num_frames, 0.0, rng)
+            return read_frames(video, indices, backend), indices
+        state = rng.bit_generator.state if rng is not None else None
+        picked: list[int] = []
+
+        def pick(num_frames: int, fps: float) -> list[int]:
+            if rng is not None and state is not None:  # the same draw if a fallback re-picks
+                rng.bit_generator.state = state
+            picked[:] = self.clip_indices(sample, min(num_frames, sample.num_frames), fps, rng)
+            return picked
+
+        return read_clip(video, pick, backend), picked
+
+    def read_flow(self, sample: Sample, indices: list[int]) -> np.ndarray:
+        return read_flow_frames(self.root / str(sample.flow), indices)
+
+
+def _segmented(sample: Sample) -> bool:
+    return sample.start is not None or sample.end is not None
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -8,11 +8,15 @@
                (Something-Something, TSN-style models).
 
 Videos shorter than a clip repeat their last frame (clamping), as mmaction2 does.
+An untrimmed video's sample names its action as [start, end) in seconds; `segment_range`
+turns that into the frames [first, stop) that clips are drawn from.
 Every function is pure: randomness comes from the `rng` passed in, so a clip is a
 function of (seed, epoch, sample index) and training is reproducible across workers.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -35,6 +39,29 @@ def segment_indices(num_frames: int, clip_len: int, rng: np.random.Generator | N
     lengths = np.maximum(edges[1:] - edges[:-1], 1e-6)
     offsets = rng.random(clip_len) * lengths if rng is not None else lengths / 2
     return np.minimum((edges[:-1] + offsets).astype(np.int64), num_frames - 1)
+
+
+def segment_range(
+    num_frames: int, fps: float, start: float | None, end: float | None
+) -> tuple[int, int]:
+    """Frames [first, stop) of the segment [start, end) seconds of a `num_frames` video at
+    `fps`, the frames `vidact prepare` extracts for it (data/prepare/options.py's
+    iter_indices): every frame shown during [start, end), frame i being shown over
+    [i / fps, (i + 1) / fps). Either end may be None (the video's start or end).
+    ValueError if the segment holds no frame."""
+    first, stop = 0, num_frames
+    if start is not None or end is not None:
+        if fps <= 0:
+            raise ValueError("a [start, end) segment in seconds needs the frame rate")
+        if start is not None:
+            first = min(num_frames, max(0, math.floor(start * fps + 1e-6)))
+        if end is not None:
+            stop = min(num_frames, max(first, math.ceil(end * fps - 1e-6)))
+    if stop <= first:
+        raise ValueError(
+            f"the segment [{start}, {end}) s holds no frame of {num_frames} at {fps:g} fps"
+        )
+    return first, stop
 
 
 def sample_indices(

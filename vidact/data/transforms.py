@@ -1,7 +1,9 @@
 """Clip transforms: the same crop and flip for every frame of a clip.
 
 A clip arrives as uint8 (T, H, W, C) — RGB (C = 3) or quantised TV-L1 flow (C = 2) —
-and leaves as float32 (C, T, S, S), the layout of torchvision's video models.
+and leaves as float32 (C, T, S, S), the layout of torchvision's video models. It stays
+uint8 until the last step: crop, resize, flip on uint8, then one conversion to float
+fused with the normalisation.
 
 Geometry is decided on the frame as if it had been resized to `short_side` (as TSN,
 mmaction2 and CT-Net do), then mapped back so that each frame is cropped and resized
@@ -25,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
 
@@ -76,10 +79,8 @@ class ClipTransform:
             flip = False
         clip = crop_resize(frames, box, self.input_size)
         if flip:
-            clip = clip.flip(-1)
-            if self.modality == "flow":
-                clip[0] = 255.0 - clip[0]  # mirrored motion: x-flow changes sign
-        return self.normalize(clip)
+            clip = mirror(clip, self.modality)
+        return self.normalize(clip.permute(1, 0, 2, 3))
 
     def train_box(self, height: int, width: int, rng: np.random.Generator) -> Box:
         if self.crop == "multiscale":
@@ -91,27 +92,43 @@ class ClipTransform:
         raise ValueError(f"unknown crop {self.crop!r}")
 
     def normalize(self, clip: Tensor) -> Tensor:
-        """(C, T, H, W) float in [0, 255] -> network input."""
-        if self.modality == "flow":
-            return clip / 127.5 - 1.0  # quantised flow in units of the bound, [-1, 1]
-        mean = torch.tensor(self.mean, dtype=clip.dtype).view(-1, 1, 1, 1) * 255.0
-        std = torch.tensor(self.std, dtype=clip.dtype).view(-1, 1, 1, 1) * 255.0
-        return (clip - mean) / std
+        """(C, T, H, W) uint8 (or float in [0, 255]) -> float32 network input, contiguous:
+        the clip's one conversion to float, then the normalisation in place."""
+        out = clip.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        if self.modality == "flow":  # quantised flow in units of the bound, [-1, 1]
+            return out.div_(127.5).sub_(1.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1, 1) * 255.0
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1, 1) * 255.0
+        return out.sub_(mean).div_(std)
 
 
 def crop_resize(frames: np.ndarray, box: Box, size: int | tuple[int, int]) -> Tensor:
-    """Crop `box` from every frame and resize to `size`: uint8 (T,H,W,C) -> (C,T,h,w)."""
+    """Crop `box` from every frame and resize it to `size`, all on uint8:
+    (T, H, W, C) -> uint8 (T, C, h, w).
+
+    The resize is torch's antialiased bilinear filter (torchvision.transforms.v2, its
+    SIMD path for uint8 images): the filter the float path used before, so the only
+    change is the rounding of each resized pixel to an integer (at most one grey level;
+    tests/data/test_sampling_transforms.py holds the float reference). OpenCV's
+    INTER_LINEAR would be faster on large crops but skips source pixels when it shrinks
+    more than twofold (aliasing); INTER_AREA antialiases but is slower here.
+    """
     top, left, height, width = box
-    clip = torch.from_numpy(
-        np.ascontiguousarray(frames[:, top : top + height, left : left + width])
-    )
-    clip = clip.permute(0, 3, 1, 2).float()  # (T, C, h, w)
+    clip = torch.from_numpy(frames[:, top : top + height, left : left + width])
+    clip = clip.permute(0, 3, 1, 2)  # (T, C, h, w), channels last in memory
     out_hw = (size, size) if isinstance(size, int) else size
     if tuple(clip.shape[-2:]) != out_hw:
-        clip = F.interpolate(
-            clip, size=out_hw, mode="bilinear", align_corners=False, antialias=True
-        )
-    return clip.permute(1, 0, 2, 3).contiguous()
+        clip = TF.resize(clip, list(out_hw), InterpolationMode.BILINEAR, antialias=True)
+    return clip
+
+
+def mirror(clip: Tensor, modality: str) -> Tensor:
+    """Flip a uint8 (T, C, h, w) clip horizontally; flow also mirrors its motion (the x
+    channel's quantised value v becomes 255 - v: x-flow changes sign)."""
+    clip = clip.flip(-1)
+    if modality == "flow":
+        clip[:, 0] = 255 - clip[:, 0]
+    return clip
 
 
 def _to_source(

@@ -38,9 +38,9 @@ from vidact.constants import IMAGENET_MEAN, IMAGENET_STD
 from vidact.data.crops import CENTRE_CROP, Crops
 from vidact.data.dataset import ClipSpec
 from vidact.data.manifest import Sample
-from vidact.data.sampling import uniform_clip_indices
-from vidact.data.transforms import Box, ClipTransform, _to_source, center_box, crop_resize
-from vidact.data.video import read_flow_frames, read_frames
+from vidact.data.sampling import segment_range, uniform_clip_indices
+from vidact.data.transforms import Box, ClipTransform, _to_source, center_box, crop_resize, mirror
+from vidact.data.video import frame_rate, read_clip, read_flow_frames
 from vidact.errors import VideoReadError
 
 if TYPE_CHECKING:
@@ -157,13 +157,15 @@ class ViewSpec:
             "std": self.std,
         }
 
-    def clip_indices(self, num_frames: int) -> list[np.ndarray]:
-        """Frame indices of each test clip (flow frame t is the flow from t to t + 1)."""
+    def clip_indices(self, num_frames: int, first: int = 0) -> list[np.ndarray]:
+        """Frame indices of each test clip in the frames [first, first + num_frames) (an
+        untrimmed video's segment); flow frame t is the flow from t to t + 1."""
         clip = self.clip
         usable = max(num_frames - 1, 1) if "flow" in clip.modality else num_frames
-        return uniform_clip_indices(
+        clips = uniform_clip_indices(
             clip.sampler, usable, clip.num_frames, clip.frame_stride, self.clips
         )
+        return [first + c for c in clips]
 
 
 def build_views(
@@ -188,11 +190,13 @@ def build_views(
                 cut[view.box] = crop_resize(clip_frames, view.box, crop_size)
             clip = cut[view.box]
             if view.flip:
-                clip = clip.flip(-1)
-                if transform.modality == "flow":
-                    clip[0] = 255.0 - clip[0]
-            out.append(transform.normalize(clip))
+                clip = mirror(clip, transform.modality)
+            out.append(transform.normalize(clip.permute(1, 0, 2, 3)))
     return torch.stack(out)
+
+
+def _segmented(sample: Sample) -> bool:
+    return sample.start is not None or sample.end is not None
 
 
 class VideoViews(Dataset[dict[str, Any]]):
@@ -230,24 +234,41 @@ class VideoViews(Dataset[dict[str, Any]]):
             return {"index": index, "views": [], "error": f"{exc.path}: {exc.reason}"}
         return {"index": index, "views": views, "error": ""}
 
+    def segment_clips(self, sample: Sample, num_frames: int, fps: float) -> list[list[np.ndarray]]:
+        """Every spec's clips, from the sample's [start, end) segment (or the whole video)."""
+        try:
+            first, stop = segment_range(num_frames, fps, sample.start, sample.end)
+        except ValueError as exc:
+            raise VideoReadError(self.root / sample.path, str(exc)) from None
+        return [spec.clip_indices(stop - first, first) for spec in self.specs]
+
     def load_views(self, sample: Sample, index: int) -> list[Tensor]:
         """Decode `sample` once per source and cut every spec's views from it."""
-        clips = [spec.clip_indices(sample.num_frames) for spec in self.specs]
-        decoded: dict[str, tuple[np.ndarray, dict[int, int]]] = {}
-        for source in ("rgb", "flow"):
+        video = self.root / sample.path
+        uses = {source: any(source in s.modality for s in self.specs) for source in ("rgb", "flow")}
+        if uses["flow"] and sample.flow is None:
+            raise VideoReadError(video, "no TV-L1 flow folder in the manifest")
+        clips: list[list[np.ndarray]] = []
+
+        def needed(source: str) -> list[int]:
             users = [c for s, c in zip(self.specs, clips, strict=True) if source in s.modality]
-            if not users:
-                continue
-            needed = sorted({int(i) for per_spec in users for clip in per_spec for i in clip})
-            if source == "rgb":
-                frames = read_frames(self.root / sample.path, needed, self.backend)
-            elif sample.flow is None:
-                raise VideoReadError(
-                    self.root / sample.path, "no TV-L1 flow folder in the manifest"
-                )
-            else:
-                frames = read_flow_frames(self.root / sample.flow, needed)
-            decoded[source] = frames, {frame: row for row, frame in enumerate(needed)}
+            return sorted({int(i) for per_spec in users for clip in per_spec for i in clip})
+
+        def pick(num_frames: int, fps: float) -> list[int]:
+            clips[:] = self.segment_clips(sample, min(num_frames, sample.num_frames), fps)
+            return needed("rgb")
+
+        decoded: dict[str, tuple[np.ndarray, dict[int, int]]] = {}
+        if uses["rgb"]:  # one opening of the video: the segment needs its frame rate
+            frames = read_clip(video, pick, self.backend)
+            decoded["rgb"] = frames, {frame: row for row, frame in enumerate(needed("rgb"))}
+        else:
+            fps = frame_rate(video, self.backend) if _segmented(sample) else 0.0
+            clips[:] = self.segment_clips(sample, sample.num_frames, fps)
+        if uses["flow"]:
+            flow_needed = needed("flow")
+            frames = read_flow_frames(self.root / str(sample.flow), flow_needed)
+            decoded["flow"] = frames, {frame: row for row, frame in enumerate(flow_needed)}
         result = []
         for spec, spec_clips in zip(self.specs, clips, strict=True):
             parts = []
