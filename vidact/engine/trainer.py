@@ -270,10 +270,10 @@ def train(
         console.info("--resume auto: no earlier run of this recipe, starting fresh")
     _seed(recipe.train)
     run_dir = run_folder(recipe, output_path, resume_path)
-    if info.is_main and resume_path is None:
+    if info.is_main and resume is None:  # --resume auto in a folder without last.pt: allowed
         check_new_run_folder(run_dir, overwrite)
+    run = build_run(recipe, info, run_dir, init_from if resume_path is None else None)
     with _held(run_dir, info, fresh=resume_path is None):
-        run = build_run(recipe, info, run_dir, init_from if resume_path is None else None)
         if info.is_main:
             console.add_log_file(run_dir / "log.txt")
         state = resume_run(run, resume_path) if resume_path is not None else RunState()
@@ -438,10 +438,9 @@ def resume_run(run: Run, path: Path) -> RunState:
     rank its own RNG streams); the run state to continue from (its metrics.jsonl up to
     the checkpoint's epoch). Changed settings are applied or refused (resume_check)."""
     saved = load_checkpoint(path)
-    changes = recipe_changes(saved["recipe"], run.recipe.to_dict())
+    reschedule = check_changes(recipe_changes(saved["recipe"], run.recipe.to_dict()), path)
     if recipe_from_dict(saved["recipe"]).model != run.recipe.model:
         raise VidactError(f"{path}: its model section differs from this recipe's; cannot resume")
-    reschedule = check_changes(changes, path)
     run.model.load_state_dict(saved["model"])
     if run.ema is not None and saved.get("ema") is not None:
         run.ema.load_state_dict(saved["ema"])
