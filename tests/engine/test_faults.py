@@ -310,3 +310,25 @@ def test_accumulate_steps_equals_the_larger_batch(synthetic_root: Path, tmp_path
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
     steps = [load_checkpoint(r.run_dir / "checkpoints" / "last.pt")["step"] for r in (big, small)]
     assert steps == [5, 5]
+
+
+def test_the_evaluate_score_cache_is_keyed_by_the_data(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    import os
+
+    from vidact.engine.evaluator import evaluate
+
+    run = one_epoch_run(synthetic_root, tmp_path)
+    best, out = run / "checkpoints" / "best.pt", tmp_path / "eval"
+    first = evaluate([best], out=out)
+    assert first.scored_now == 4 and evaluate([best], out=out).resumed == 4
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_root, copy)
+    moved = evaluate([best], out=out, overrides=("data.root=" + str(copy),))
+    assert moved.resumed == 0 and moved.scored_now == 4  # another copy: scored again
+    video = copy / read_manifest(copy / "val.jsonl")[2].path
+    video.write_bytes(video.read_bytes()[:-100])  # damaged in place
+    os.utime(video, ns=(0, 0))
+    damaged = evaluate([best], out=out, overrides=("data.root=" + str(copy),))
+    assert damaged.resumed == 0

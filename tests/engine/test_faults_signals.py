@@ -143,7 +143,9 @@ def test_sigterm_to_torchrun_stops_every_rank_consistently_and_resumes_bit_ident
     wait_for_line(run / "log.txt", "epoch 1/2, step 1/4", proc)
     os.kill(proc.pid, signal.SIGTERM)  # the launcher alone; it forwards to its ranks
     code, out = finish(proc)
-    assert "Traceback" not in out.split("SignalException")[0], out
+    # torchrun itself reports the signal with its own traceback; the ranks must not.
+    assert "DataLoader worker" not in out and "exited unexpectedly" not in out, out
+    assert out.count("resume with --resume auto") >= 1, out
     assert group_gone(proc.pid)
     saved = load_checkpoint(run / "checkpoints" / "last.pt")
     assert saved["epoch"] == 0 and 1 <= saved["batch_in_epoch"] < 4
