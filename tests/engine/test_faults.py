@@ -172,10 +172,34 @@ def test_a_finished_run_folder_is_refused_unless_resume_or_overwrite(
     replaced = trainer_module.train(recipe, output=run, overwrite=True)
     assert replaced.epochs_done == 1 and _bytes(run) != before
     assert load_checkpoint(run / "checkpoints" / "last.pt")["recipe"]["optim"]["lr"] == 0.9
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(recipe.to_yaml())
+    refused = runner.invoke(app, ["train", str(recipe_file), "--output", str(run)])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    cli = ["train", str(recipe_file), "--output", str(run), "--overwrite"]
+    assert runner.invoke(app, cli).exit_code == 0
     (run / "notes.txt").write_text("mine")
     with pytest.raises(VidactError, match="also holds notes.txt; choose an empty --output"):
         trainer_module.train(recipe, output=run, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import datetime
+
+    from vidact.engine import run_folder
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Frozen:
+            return cls(2026, 12, 3, 10, 0, 0)
+
+    monkeypatch.setattr(run_folder, "datetime", Frozen)
+    recipe = make_recipe(synthetic_root, tmp_path / "runs", train__epochs=1)
+    first, second = (trainer_module.train(recipe).run_dir for _ in range(2))
+    assert (first.name, second.name) == ("20261203-100000", "20261203-100000-2")
 
 
 def test_the_run_lock_refuses_a_live_run_and_takes_over_a_dead_ones(

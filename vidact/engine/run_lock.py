@@ -9,6 +9,8 @@
   from another host, is refused with the line saying how to continue.
 - Temporary files that an atomic write left behind when the process was killed in the
   middle of it (`.<name>.*.tmp*`) are deleted once the lock is held.
+- `held_run_folder`: the lock for rank 0, and a fresh run that fails before its first
+  checkpoint removes the folder it created.
 """
 
 from __future__ import annotations
@@ -72,6 +74,23 @@ def hold_run_lock(run_dir: Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             if _owner(lock) == _me():
                 lock.unlink()
+
+
+@contextlib.contextmanager
+def held_run_folder(run_dir: Path, is_main: bool, fresh: bool) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock; a fresh run that fails before its first
+    checkpoint removes the folder it created, so no empty run folder is left behind."""
+    if not is_main:
+        yield
+        return
+    created = fresh and not run_dir.exists()
+    try:
+        with hold_run_lock(run_dir):
+            yield
+    except BaseException:
+        if created and not any((run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _me() -> dict[str, object]:

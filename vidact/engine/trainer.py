@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +78,7 @@ from vidact.engine.run_folder import (
     tensorboard_writer,
     write_metrics,
 )
-from vidact.engine.run_lock import check_new_run_folder, hold_run_lock
+from vidact.engine.run_lock import check_new_run_folder, held_run_folder
 from vidact.engine.run_settings import check_settings, convert_sync_bn, effective_batch_line
 from vidact.engine.signals import PREEMPTED_EXIT_CODE, StopSignal, shield_workers
 from vidact.engine.step_log import StepLog
@@ -273,7 +272,7 @@ def train(
     if info.is_main and resume is None:  # --resume auto in a folder without last.pt: allowed
         check_new_run_folder(run_dir, overwrite)
     run = build_run(recipe, info, run_dir, init_from if resume_path is None else None)
-    with _held(run_dir, info, fresh=resume_path is None):
+    with held_run_folder(run_dir, info.is_main, fresh=resume_path is None):
         if info.is_main:
             console.add_log_file(run_dir / "log.txt")
         state = resume_run(run, resume_path) if resume_path is not None else RunState()
@@ -313,23 +312,6 @@ def train_epochs(run: Run, state: RunState) -> None:
                     f"stopped after epoch {state.epoch}; checkpoint saved in {run.last_path}; "
                     "resume with --resume auto"
                 )
-
-
-@contextlib.contextmanager
-def _held(run_dir: Path, info: distributed.DistInfo, fresh: bool) -> Any:
-    """Rank 0 holds the run folder's lock; a fresh run that fails before its first
-    checkpoint removes the folder it created, so no empty run folder is left behind."""
-    if not info.is_main:
-        yield
-        return
-    created = fresh and not run_dir.exists()
-    try:
-        with hold_run_lock(run_dir):
-            yield
-    except BaseException:
-        if created and not any((run_dir / "checkpoints").glob("*.pt")):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 
 def _seed(cfg: TrainConfig) -> None:
