@@ -27,8 +27,12 @@ from vidact import console
 from vidact.errors import VidactError
 
 LOCK_NAME = "run.lock"
-# What an earlier run writes (engine/run_folder.py); --overwrite deletes only these.
-RUN_FILES = ("recipe.yaml", "log.txt", "metrics.jsonl", "checkpoints", "tensorboard", LOCK_NAME)
+# What an earlier run (and `vidact evaluate` of it) writes (engine/run_folder.py);
+# --overwrite deletes only these.
+RUN_FILES = (
+    "recipe.yaml", "log.txt", "metrics.jsonl", "checkpoints", "tensorboard", "eval",
+    "curves.png", LOCK_NAME,
+)  # fmt: skip
 _TEMP_GLOB = ".*.tmp*"
 
 

@@ -307,7 +307,8 @@ def train_epochs(run: Run, state: RunState) -> None:
                     validate(run.eval_model, run.val_loader, run.device, cfg.amp, state.bad_seen)
                 )
             end_epoch(run, state, metrics)
-            if distributed.all_reduce_sum(torch.tensor([float(stop.requested)])) > 0:
+            asked = torch.tensor([float(stop.requested)], device=run.device)
+            if state.epoch < cfg.epochs and distributed.all_reduce_sum(asked).item() > 0:
                 raise TrainingStopped(
                     f"stopped after epoch {state.epoch}; checkpoint saved in {run.last_path}; "
                     "resume with --resume auto"
@@ -446,8 +447,9 @@ def resume_run(run: Run, path: Path) -> RunState:
         history=read_metrics(run.run_dir, saved["epoch"]),
         bad_videos=saved.get("bad_videos", 0),
     )
-    if run.info.is_main and saved.get("epoch_sums") is not None:
-        state.epoch_sums = [float(x) for x in saved["epoch_sums"]]
+    if saved.get("epoch_sums") is not None:  # rank 0 carries the sums, every rank the
+        sums = [float(x) for x in saved["epoch_sums"]]  # failures (already a total)
+        state.epoch_sums = sums if run.info.is_main else [0.0, 0.0, 0.0, sums[3]]
     console.info(f"resuming {path} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}")
     return state
 
@@ -548,7 +550,8 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> torch.Tensor
             clips = float(sums[2]) * info.world
             rate = clips / max(time.perf_counter() - log.started, 1e-9)
             advance(status=f"loss {mean_loss:.3f}  lr {lr:.2e}  {rate:.1f} clips/s")
-            log.maybe_log(state.step, state.batch_in_epoch, mean_loss, lr, clips)
+            if boundary:
+                log.maybe_log(state.step, state.batch_in_epoch, mean_loss, lr, clips)
     distributed.sync_buffers(run.model)
     if stopping:  # the signal came during the epoch's last step: stop after the epoch
         stop.requested = True
