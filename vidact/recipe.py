@@ -146,6 +146,12 @@ class TrainConfig(_Section):
     freeze: Literal["none", "backbone", "bn"] = "none"
     # Stop once more than this share of an epoch's clips failed to decode (1: never).
     max_bad_video_fraction: float = Field(0.1, ge=0, le=1)
+    # Gradient accumulation: one optimiser step every N batches, so the effective batch is
+    # batch_size x processes x N (a paper's batch of 64 on fewer devices).
+    accumulate_steps: int = Field(1, ge=1)
+    # Under torchrun on GPUs: BatchNorm statistics over every process's batch
+    # (torch.nn.SyncBatchNorm.convert_sync_batchnorm).
+    sync_bn: bool = False
 
 
 class EvalConfig(_Section):

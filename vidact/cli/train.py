@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,26 @@ OutOption = Annotated[
 ]
 # --out is the name every command uses; --output, train's first name for it, still works.
 OutputAlias = Annotated[Path | None, typer.Option("--output", hidden=True)]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an earlier run in --out (a new run refuses a non-empty folder).",
+    ),
+]
+
+
+def _run(call: Callable[[], object]) -> None:
+    """Run the training; a stop signal that saved a checkpoint exits with its own code
+    (3, engine/signals.py), not the 2 of a user error."""
+    from vidact.engine.trainer import TrainingStopped
+
+    try:
+        result = call()
+    except TrainingStopped as exc:
+        console.warn(str(exc))
+        raise typer.Exit(code=exc.exit_code) from None
+    _report(result)
 
 
 def _report(result: object) -> None:
@@ -55,20 +76,26 @@ def train_command(
     ] = None,
     out: OutOption = None,
     output: OutputAlias = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Train a model from a recipe (one process, or DDP under torchrun).
+
+    Exit codes: 0 finished; 2 a user error or a diverged run (one line says what to do);
+    3 stopped by SIGINT/SIGTERM after saving a checkpoint (continue with --resume auto).
 
     Examples:
       vidact train recipes/quickstart.yaml
       vidact train recipes/ctnet_r50.yaml --set data.root=/data/k400 --set train.batch_size=8
       vidact train recipes/quickstart.yaml --resume auto
+      vidact train recipes/quickstart.yaml --resume auto --set optim.lr=0.01
+      vidact train recipes/quickstart.yaml --output runs/mine --overwrite
       torchrun --nproc_per_node 4 -m vidact train recipes/repflow_r50_kinetics.yaml
     """
     from vidact.engine.trainer import train
     from vidact.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_ or [])
-    _report(train(loaded, resume=resume, output=out or output))
+    _run(lambda: train(loaded, resume=resume, output=out or output, overwrite=overwrite))
 
 
 @app.command("finetune")
@@ -82,6 +109,7 @@ def finetune_command(
     set_: SetOption = None,
     out: OutOption = None,
     output: OutputAlias = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Fine-tune pretrained weights on a new dataset; the classifier is replaced to fit
     the new label map. Freeze with --set train.freeze=backbone (or bn).
@@ -94,4 +122,4 @@ def finetune_command(
     from vidact.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_ or [])
-    _report(train(loaded, output=out or output, init_from=from_))
+    _run(lambda: train(loaded, output=out or output, init_from=from_, overwrite=overwrite))

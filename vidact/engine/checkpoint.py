@@ -8,6 +8,10 @@ A vidact checkpoint is a dict with:
     epoch, step   epochs completed / optimiser steps taken; `batch_in_epoch` > 0 when the
                   run was stopped in the middle of an epoch (SIGINT/SIGTERM)
     rng           python, numpy and torch (+ CUDA) RNG states, as tuples, lists and tensors
+    rng_ranks     every rank's `rng` (index = rank), so that under torchrun each rank
+                  resumes its own dropout stream
+    epoch_sums    the interrupted epoch's running sums so far (loss x clips, top-1
+                  correct, clips, decode failures), so its metrics count every batch
     recipe        the resolved recipe as a dict (enough to rebuild the model and data)
     labels        the label map (class names, index = label)
     metrics       the latest validation metrics and the best top-1 so far
@@ -18,9 +22,11 @@ Every value is a tensor, number, string, list, tuple or dict, so a checkpoint lo
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -37,9 +43,36 @@ LAST, BEST = "last.pt", "best.pt"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save `state` atomically (temp file, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    """torch.save `state` atomically and durably: into a temporary file through Python's
+    file object (so a full disk is an OSError, not torch's zip-writer RuntimeError),
+    fsync'ed, renamed over `path`, and the folder fsync'ed, so that a later write never
+    overtakes this one on disk. A full disk is one line; the previous `path` is kept."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, _open_for_write(tmp) as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise VidactError(
+            f"{path}: the disk is full ({exc.strerror}); the previous {path.name} is kept. "
+            "Free some space (or lower output.keep_last) and resume with --resume auto"
+        ) from None
+
+
+def _open_for_write(path: Path) -> BinaryIO:
+    return path.open("wb")
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

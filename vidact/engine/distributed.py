@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,3 +82,13 @@ def sync_buffers(module: torch.nn.Module) -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value` (index = rank), on every rank; [value] in one process.
+    The values travel by pickle inside the process group, never through a file."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -20,8 +20,9 @@ the mean logit.
 Resume (vidact.engine.score_cache): per-video scores are cached under
 `<out>/cache/<key>/`, one small .npz shard per `save_every` videos, written atomically;
 the key is a hash of everything that changes a score (checkpoint bytes, EMA, views,
-averaging, manifest), so a re-run with the same settings scores only the videos still
-missing, and other settings get their own cache. Videos that failed to decode are not
+averaging, and the data: manifest, root, each video's size and time), so a re-run
+with the same settings scores only the videos still missing, and other settings or
+other data get their own cache. Videos that failed to decode are not
 cached: a re-run tries them again.
 
 Distributed (torchrun): rank r scores the videos with `index % world == r`, each video
@@ -58,6 +59,7 @@ from vidact.engine.score_cache import (
     CACHE_VERSION,
     cache_folder,
     create_cache,
+    data_identity,
     read_cache,
     sha256_file,
     write_shard,
@@ -302,7 +304,7 @@ def evaluate(
     samples = load_manifest(manifest, check_files=False, num_classes=len(first.labels))
     out_dir = Path(out) if out is not None else default_out(first.path, cfg.split)
 
-    cache = _open_cache(members, manifest, out_dir, info.is_main)
+    cache = _open_cache(members, manifest, samples, out_dir, info.is_main)
     cached = read_cache(cache)
     todo = [i for i in range(len(samples)) if i not in cached and i % info.world == info.rank]
     if info.is_main and cached:
@@ -349,12 +351,15 @@ def load_members(
     return members
 
 
-def _open_cache(members: list[Member], manifest: Path, out_dir: Path, is_main: bool) -> Path:
-    """The cache folder of these settings (created by rank 0; every rank waits for it)."""
+def _open_cache(
+    members: list[Member], manifest: Path, samples: list[Sample], out_dir: Path, is_main: bool
+) -> Path:
+    """The cache folder of these settings and data (created by rank 0; every rank waits)."""
     first = members[0]
+    paths = [p for s in samples for p in (s.path, s.flow) if p is not None]
     key_data = {
         "version": CACHE_VERSION,
-        "manifest": sha256_file(manifest),
+        **data_identity(manifest, Path(first.recipe.data.root), paths),
         "average": first.eval.average,
         "score": _SCORE[first.eval.average],  # caches of probabilities are not reused
         "seed": first.recipe.train.seed,

@@ -45,13 +45,19 @@ def resolve_resume(recipe: Recipe, resume: str | None, output: Path | None) -> P
 
 
 def run_folder(recipe: Recipe, output: Path | None, resume: Path | None) -> Path:
-    """The resumed checkpoint's run, else `output`, else a new timestamped folder."""
+    """The resumed checkpoint's run, else `output`, else a new timestamped folder (with
+    a "-2", "-3", ... suffix when another run of the recipe started in the same second)."""
     if resume is not None:
         return resume.parent.parent
     if output is not None:
         return output
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(recipe.output.dir) / recipe.name / stamp
+    parent = Path(recipe.output.dir) / recipe.name
+    folder, count = parent / stamp, 1
+    while folder.exists():
+        count += 1
+        folder = parent / f"{stamp}-{count}"
+    return folder
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -1,8 +1,10 @@
 """The evaluator's resumable per-video scores: one folder per setting, .npz shards.
 
 The folder is `<out>/cache/<key>/`, the key a hash of everything that changes a score
-(checkpoint bytes, EMA, views, averaging, manifest, seed), so a re-run with the same
-settings finds the videos already scored and other settings get their own folder. Each
+(checkpoint bytes, EMA, views, averaging, seed, and the data: `data_identity`, the
+manifest's bytes, the dataset root and each video's size and modification time), so a
+re-run with the same settings on the same data finds the videos already scored, and
+other settings, another copy of the data or a video changed since get their own folder. Each
 shard holds the scores of up to `save_every` videos and is written atomically; the
 folder's settings.json says in words what its key stands for.
 """
@@ -27,6 +29,21 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def data_identity(manifest: Path, root: Path, paths: list[str]) -> dict[str, str]:
+    """What the scores were computed from: the manifest's sha256, the resolved dataset
+    root, and a hash of (path, size, mtime) of every video or frame folder it lists (a
+    stat per entry, no reading: a damaged or replaced video changes its size or mtime)."""
+    digest = hashlib.sha256()
+    root = root.resolve()
+    for rel in paths:
+        try:
+            stat = (root / rel).stat()
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{rel}\0missing\n".encode())
+    return {"manifest": sha256_file(manifest), "root": str(root), "files": digest.hexdigest()}
 
 
 def cache_folder(out_dir: Path, key_data: dict[str, Any]) -> Path:
