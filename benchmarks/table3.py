@@ -72,7 +72,9 @@ class TinyFlowNet(nn.Module):
         super().__init__()
         self.stem = _conv(3, STEM_WIDTH, 1)
         self.flow = (
-            rep_flow.FlowBlock(STEM_WIDTH, FLOW_CHANNELS, iterations=iterations, learn=learn)
+            rep_flow.FlowBlock(
+                STEM_WIDTH, FLOW_CHANNELS, zero_init=False, iterations=iterations, learn=learn
+            )
             if iterations
             else None
         )

@@ -165,6 +165,17 @@ def truncation(decoded: int, listed: int) -> str:
     )
 
 
+def header_frames(path: str) -> int:
+    """The frame count the container's header lists (0 when OpenCV cannot open it). A
+    reader may count fewer, from the packets that are really there (PyAV); the header
+    still says what a truncated file lost."""
+    capture = cv2.VideoCapture(path)
+    try:
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
 def decodable_frames(path: str, listed: int) -> int:
     """The frames of `path` a reader can decode, where its header lists `listed`: all of
     them if the last one decodes (one seek), else as many as a sequential decode gives. A

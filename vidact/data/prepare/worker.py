@@ -27,6 +27,7 @@ from vidact.data.prepare.frames import (
     decodable_frames,
     feed_flow,
     frame_readers,
+    header_frames,
     short_reason,
     truncation,
     write_frames,
@@ -84,10 +85,11 @@ def _probe_source(job: VideoJob, options: PrepareOptions) -> tuple[int, str]:
     from vidact.data.video import probe
 
     info = probe(job.source, backend=options.backend)
-    frames = info.num_frames
+    frames = listed = info.num_frames
     if info.backend != "frames":
-        frames = decodable_frames(job.source, info.num_frames)
-    warning = truncation(frames, info.num_frames) if frames < info.num_frames else ""
+        listed = max(listed, header_frames(job.source))
+        frames = decodable_frames(job.source, listed)
+    warning = truncation(frames, listed) if frames < listed else ""
     if (job.start is not None or job.end is not None) and not select_indices(
         frames, info.fps, None, job.start, job.end
     ):
