@@ -72,6 +72,9 @@ class TinyFlowNet(nn.Module):
         super().__init__()
         self.stem = _conv(3, STEM_WIDTH, 1)
         self.flow = (
+            # zero_init=False: the block's last BN starts at gamma 1. gamma 0 (the default,
+            # so that a pretrained trunk is unchanged at step 0) is for fine-tuning; trained
+            # from scratch here, it left every flow network at chance after 150 steps.
             rep_flow.FlowBlock(
                 STEM_WIDTH, FLOW_CHANNELS, zero_init=False, iterations=iterations, learn=learn
             )

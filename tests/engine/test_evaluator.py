@@ -180,7 +180,8 @@ def test_a_saturated_model_ranks_like_training_validation(tmp_path: Path) -> Non
 
 def _assert_metrics_agree(result: EvalResult, validated: dict[str, float]) -> None:
     """Every metric training's validation reports, as a one-view evaluation reports it."""
-    assert set(validated) == {"val_loss", "val_top1", "val_top5", "val_count"}
+    assert set(validated) == {"val_loss", "val_top1", "val_top5", "val_count", "val_bad_videos"}
+    assert validated["val_bad_videos"] == 0  # evaluate would have failed a bad video
     metrics = result.metrics
     assert metrics["top1"] == pytest.approx(validated["val_top1"])
     assert metrics["top5"] == pytest.approx(validated["val_top5"])

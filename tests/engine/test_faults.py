@@ -179,7 +179,7 @@ def test_a_finished_run_folder_is_refused_unless_resume_or_overwrite(
     cli = ["train", str(recipe_file), "--output", str(run), "--overwrite"]
     assert runner.invoke(app, cli).exit_code == 0
     (run / "notes.txt").write_text("mine")
-    with pytest.raises(VidactError, match="also holds notes.txt; choose an empty --output"):
+    with pytest.raises(VidactError, match="also holds notes.txt; choose an empty --out"):
         trainer_module.train(recipe, output=run, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine"
 

@@ -64,11 +64,19 @@ def test_the_writer_is_closed_when_a_run_fails(
         tensorboard.TensorBoardLog, "close", lambda self: closed.append(True) or close(self)
     )
 
+    validate = trainer.validate
+    calls: list[int] = []
+
     def failing_validation(*args: Any, **kwargs: Any) -> dict[str, float]:
-        raise VidactError("validation failed")
+        calls.append(1)  # the second epoch fails: the first saved a checkpoint, so the
+        if len(calls) == 2:  # run folder (and its events) stays
+            raise VidactError("validation failed")
+        return validate(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "validate", failing_validation)
-    recipe = make_recipe(synthetic_root, tmp_path / "runs", output__tensorboard=True)
+    recipe = make_recipe(
+        synthetic_root, tmp_path / "runs", output__tensorboard=True, train__epochs=2
+    )
     with pytest.raises(VidactError, match="validation failed"):
         trainer.train(recipe)
     assert closed == [True]

@@ -88,7 +88,7 @@ def train_command(
       vidact train recipes/ctnet_r50.yaml --set data.root=/data/k400 --set train.batch_size=8
       vidact train recipes/quickstart.yaml --resume auto
       vidact train recipes/quickstart.yaml --resume auto --set optim.lr=0.01
-      vidact train recipes/quickstart.yaml --output runs/mine --overwrite
+      vidact train recipes/quickstart.yaml --out runs/mine --overwrite
       torchrun --nproc_per_node 4 -m vidact train recipes/repflow_r50_kinetics.yaml
     """
     from vidact.engine.trainer import train

@@ -1,6 +1,6 @@
 """A training run's folder: where it is, what it resumes, and the files it keeps.
 
-<output.dir>/<recipe name>/<timestamp>/    (or --output)
+<output.dir>/<recipe name>/<timestamp>/    (or --out)
     recipe.yaml          the resolved recipe
     log.txt              every log line
     metrics.jsonl        one line per epoch

@@ -46,13 +46,13 @@ def check_new_run_folder(run_dir: Path, overwrite: bool) -> None:
         raise VidactError(
             f"{run_dir}: the run folder is not empty ({what}: {', '.join(found[:4])}); "
             "continue that run with --resume auto, replace it with --overwrite, or choose "
-            "another --output"
+            "another --out"
         )
     foreign = [name for name in found if name not in RUN_FILES]
     if foreign:
         raise VidactError(
             f"{run_dir}: --overwrite deletes only what a vidact run wrote, and this folder "
-            f"also holds {', '.join(foreign[:4])}; choose an empty --output"
+            f"also holds {', '.join(foreign[:4])}; choose an empty --out"
         )
     _check_not_locked(run_dir / LOCK_NAME)
     for name in found:
@@ -131,7 +131,7 @@ def _check_not_locked(lock: Path) -> None:
         return
     raise VidactError(
         f"{lock}: another run (pid {pid} on {host}) is writing this run folder; wait for "
-        "it to finish, or choose another --output (delete the lock file only if you are "
+        "it to finish, or choose another --out (delete the lock file only if you are "
         "sure that run is dead)"
     )
 

@@ -608,6 +608,8 @@ class RepresentationFlow(nn.Module):
             and not self.compiled
             and t.fx is not None
             and t.grad_f2.device.type == "cpu"
+            and not torch.jit.is_tracing()  # export: TorchScript / ONNX trace torch ops
+            and not torch.compiler.is_compiling()
             and rep_flow_fused.available()
         )
 
