@@ -5,7 +5,11 @@ DataLoader workers receive the SIGTERM too. A worker killed by it takes the run 
 with a "DataLoader worker ... is killed by signal" traceback before the main process
 can save; `shield_workers` therefore makes every worker ignore SIGINT and SIGTERM (the
 main process stops them itself when the loader closes, and a worker whose parent died
-exits on its own: torch's worker loop watches the parent's pid).
+exits on its own: torch's worker loop watches the parent's pid). A shielded worker also
+ignores the SIGTERM with which multiprocessing's exit handler ends daemonic children
+before joining them, so persistent workers still alive at interpreter exit (their loader
+kept alive by a reference cycle or a traceback, as under torchrun) would hang the exit:
+`stop_workers` ends them when the run ends, however it ends.
 
 In the main process the first SIGINT or SIGTERM sets `StopSignal.requested`; the loop
 finishes the step it is in, saves a resumable checkpoint and exits with
@@ -84,3 +88,14 @@ class _Chain:
     def __call__(self, worker_id: int) -> None:
         ignore_stop_signals(worker_id)
         self.then(worker_id)
+
+
+def stop_workers(loader: DataLoader[Any]) -> None:
+    """End `loader`'s persistent workers now, as its iterator's finaliser would (torch
+    has no public call for it), instead of whenever the loader is garbage-collected."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        loader._iterator = None

@@ -81,7 +81,7 @@ from vidact.engine.run_folder import (
 )
 from vidact.engine.run_lock import check_new_run_folder, held_run_folder
 from vidact.engine.run_settings import check_settings, convert_sync_bn, effective_batch_line
-from vidact.engine.signals import PREEMPTED_EXIT_CODE, StopSignal, shield_workers
+from vidact.engine.signals import PREEMPTED_EXIT_CODE, StopSignal, shield_workers, stop_workers
 from vidact.engine.step_log import StepLog
 from vidact.errors import VidactError
 from vidact.models import build_model
@@ -277,14 +277,18 @@ def train(
     if info.is_main and resume is None:  # --resume auto in a folder without last.pt: allowed
         check_new_run_folder(run_dir, overwrite)
     run = build_run(recipe, info, run_dir, init_from if resume_path is None else None)
-    with held_run_folder(run_dir, info.is_main, fresh=resume_path is None):
-        if info.is_main:
-            console.add_log_file(run_dir / "log.txt")
-        state = resume_run(run, resume_path) if resume_path is not None else RunState()
-        if info.is_main:
-            _open_run_folder(run)
-        with tensorboard.closing(run.writer):
-            train_epochs(run, state)
+    try:
+        with held_run_folder(run_dir, info.is_main, fresh=resume_path is None):
+            if info.is_main:
+                console.add_log_file(run_dir / "log.txt")
+            state = resume_run(run, resume_path) if resume_path is not None else RunState()
+            if info.is_main:
+                _open_run_folder(run)
+            with tensorboard.closing(run.writer):
+                train_epochs(run, state)
+    finally:  # no worker outlives the run, whether it finished, stopped or failed
+        stop_workers(run.train_loader)
+        stop_workers(run.val_loader)
     distributed.barrier()
     return TrainResult(
         run_dir=run.run_dir,
