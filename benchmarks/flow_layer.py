@@ -6,8 +6,9 @@ for the three cases of Eq. 3, autograd for the backward (whole graph kept). It c
 the same flow as the layer's default (forward-difference grad u; checked here before
 timing, and in tests/models/test_rep_flow.py). "fast" is vidact's layer as the networks
 use it (learned divergence, grad u taps, tau, lambda, theta) on a CPU: the fused loops of
-``vidact/models/rep_flow_fused.py`` (numba; each map runs all its iterations in cache)
-with their exact backward, keeping only the per-iteration state; "fast-eager" the same
+``vidact/models/rep_flow_fused.py`` (numba; blocks of 16 maps run all their iterations
+in cache, in SIMD lanes) with their exact backward, which keeps nothing from the forward
+but its inputs (it recomputes each block's iterations); "fast-eager" the same
 layer with torch's vectorised ops and the hand-written backward (``fused=False``, what
 runs on a GPU); "fast-compiled" that through torch.compile (inductor; its first call,
 which compiles, is reported separately); "fast-ckpt" /

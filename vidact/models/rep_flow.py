@@ -372,9 +372,10 @@ class _Iterations(torch.autograd.Function):
     """All iterations of Algorithm 1 with a hand-written backward, for any grad u except
     learned Sobel kernels (Eq. 10 with kx, ky set).
 
-    The forward keeps only the state (u, p) entering each iteration; the backward recomputes
-    each iteration's intermediates from it and applies the exact adjoint of ``_step``
-    (tested against autograd through the literal reference)."""
+    The forward keeps only the state (u, p) entering each iteration (the fused CPU loops
+    keep nothing: their backward recomputes the iterations); the backward recomputes each
+    iteration's intermediates from it and applies the exact adjoint of ``_step`` (tested
+    against autograd through the literal reference)."""
 
     @staticmethod
     def forward(
@@ -388,8 +389,9 @@ class _Iterations(torch.autograd.Function):
         *tensors: Tensor,
     ) -> Tensor:
         t = _Terms._make((*tensors, fx, fy, None, None, gain))
-        if fused:
-            u, us, ps = rep_flow_fused.iterate(iterations, _fused_inputs(t), save=True)
+        if fused:  # nothing kept: the backward recomputes each block's iterations in cache
+            u = rep_flow_fused.iterate(iterations, _fused_inputs(t))
+            us = ps = u.new_zeros(0)
         else:
             m, _, h, w = t.grad_f2.shape
             us = t.grad_f2.new_zeros(iterations, m, 2, h, w)
@@ -403,6 +405,7 @@ class _Iterations(torch.autograd.Function):
         ctx.gain = gain  # type: ignore[attr-defined]
         ctx.compiled = compiled  # type: ignore[attr-defined]
         ctx.fused = fused  # type: ignore[attr-defined]
+        ctx.iterations = iterations  # type: ignore[attr-defined]
         return u
 
     @staticmethod
@@ -415,7 +418,7 @@ class _Iterations(torch.autograd.Function):
         fx, fy = saved[n : n + 2] if len(saved) == n + 4 else (None, None)
         t = _Terms._make((*tensors, fx, fy, None, None, ctx.gain))  # type: ignore[attr-defined]
         if ctx.fused:  # type: ignore[attr-defined]
-            return None, None, None, None, *_fused_backward(t, us, ps, grad_out)
+            return None, None, None, None, *_fused_backward(t, ctx.iterations, grad_out)  # type: ignore[attr-defined]
         acc = {name: torch.zeros_like(x) for name, x in zip(_DIFFERENTIABLE, tensors, strict=True)}
         if fx is not None and fy is not None:
             acc["fx"], acc["fy"] = torch.zeros_like(fx), torch.zeros_like(fy)
@@ -433,12 +436,12 @@ def _fused_inputs(t: _Terms) -> rep_flow_fused.Inputs:
     return rep_flow_fused.Inputs(t.rho_c, t.grad_f2, t.inv_sq, scalars, (t.wx, t.wy, t.fx, t.fy))
 
 
-def _fused_backward(t: _Terms, us: Tensor, ps: Tensor, grad_out: Tensor) -> tuple[Tensor, ...]:
+def _fused_backward(t: _Terms, iterations: int, grad_out: Tensor) -> tuple[Tensor, ...]:
     """The gradients of (fx, fy, *_DIFFERENTIABLE) from the fused loops' backward."""
-    d_rho_c, d_grad_f2, d_inv_sq, per_map = rep_flow_fused.iterate_backward(
-        _fused_inputs(t), us, ps, grad_out
+    d_rho_c, d_grad_f2, d_inv_sq, sums = rep_flow_fused.iterate_backward(
+        iterations, _fused_inputs(t), grad_out
     )
-    acc = dict(zip(rep_flow_fused.SCALARS, per_map.sum(0).unbind(), strict=True))
+    acc = dict(zip(rep_flow_fused.SCALARS, sums.unbind(), strict=True))
     like = t.theta
 
     def taps(a: str, b: str) -> Tensor:
@@ -633,7 +636,7 @@ class RepresentationFlow(nn.Module):
                 )
                 return u.reshape(b, 2 * c, h, w)
             if fused and not torch.is_grad_enabled():
-                u, _, _ = rep_flow_fused.iterate(self.iterations, _fused_inputs(t), save=False)
+                u = rep_flow_fused.iterate(self.iterations, _fused_inputs(t))
                 return u.reshape(b, 2 * c, h, w)
             u = t.grad_f2.new_zeros(b * c, 2, h, w)
             p = t.grad_f2.new_zeros(b * c, 2, 2, h, w)
