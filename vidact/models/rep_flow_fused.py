@@ -8,9 +8,10 @@ this CPU (docs/models.md). Here the maps go in blocks of ``LANES``, laid out (H,
 so that the innermost loop runs over the block's maps: every pixel's arithmetic is the same
 across them, and LLVM turns that loop into SIMD instructions (16 float32 lanes with
 AVX-512). A block's fields fit in a core's cache, so it runs all its iterations there, in
-two sweeps per iteration forward (Eqs. 2-4, then Eq. 5). The backward recomputes a
+three sweeps per iteration forward (Eqs. 2-4, then Eq. 5 for each component). The backward recomputes a
 block's iterations into a per-thread buffer (nothing is kept from the forward but its
-inputs) and then applies the exact adjoint of each iteration, in four sweeps. Blocks are
+inputs) and then applies the exact adjoint of each iteration, in seven sweeps (short loop
+bodies: the adjoint of Eqs. 2-4 as one loop measured slower than as three). Blocks are
 spread over threads (the kernels release the GIL); numba compiles once, cached on disk.
 The kernels use numba's "numpy" error model: Python's checks for a division by zero
 would be exits from the lane loops, which LLVM then does not vectorise (no division here
@@ -219,23 +220,34 @@ def _through_grad_u(du, dgx, dgy, t, i, j, k, im, jm, tl, tu):
 
 
 @_jit
-def _primal_adjoint_sweep(rho_c, g0, g1, inv_sq, st, du0, du1, dg, s, t, acc, grads, ddiv):
-    """Adjoint of grad u, Eq. 4, Eq. 3 and Eq. 2 at the entering state st: du <- the
-    gradient of the entering u, ddiv <- that of div p; grads (rho_c, g0, g1, inv_sq)
-    accumulate, and so do theta's and lam_theta's gradients."""
-    h, w, lanes = rho_c.shape
-    u0, u1, lt, z = st[0], st[1], s[LT], s[ZERO]
+def _step_adjoint_sweep(du, dgx, dgy, px, py, s, t, acc, dd):
+    """Adjoint of grad u and of Eq. 4's theta div p for one component: du <- d loss / d u'
+    (in place), dd <- the gradient of div p; theta's gradient accumulates."""
+    h, w, lanes = du.shape
+    z = s[ZERO]
     for i in range(h):
         for j in range(w):
             (im, jm, _, _), (tl, tu), _, _ = _border(s, t, i, j, h, w)
             gl, gu = (t[5] if j > 0 else z), (t[7] if i > 0 else z)
             for k in range(lanes):
+                e = _through_grad_u(du, dgx, dgy, t, i, j, k, im, jm, gl, gu)
+                acc[1, k] += e * _div(px, py, t, i, j, k, im, jm, tl, tu)
+                dd[i, j, k] = e * s[THETA]
+                du[i, j, k] = e
+
+
+@_jit
+def _shrink_adjoint_sweep(rho_c, g0, g1, inv_sq, u0, u1, du0, du1, s, acc, grads):
+    """Adjoint of Eq. 4's step along grad F2, Eq. 3 and Eq. 2 at the entering u: du (d loss
+    / d u' on entry) <- the gradient of the entering u; grads (rho_c, g0, g1, inv_sq) and
+    lam_theta's gradient accumulate."""
+    h, w, lanes = rho_c.shape
+    lt, z = s[LT], s[ZERO]
+    for i in range(h):
+        for j in range(w):
+            for k in range(lanes):
                 rho, r, c = _shrink(rho_c, g0, g1, inv_sq, u0, u1, s, i, j, k)
-                e0 = _through_grad_u(du0, dg[0], dg[1], t, i, j, k, im, jm, gl, gu)
-                e1 = _through_grad_u(du1, dg[2], dg[3], t, i, j, k, im, jm, gl, gu)
-                acc[1, k] += e0 * _div(st[2], st[3], t, i, j, k, im, jm, tl, tu)
-                acc[1, k] += e1 * _div(st[4], st[5], t, i, j, k, im, jm, tl, tu)
-                ddiv[0, i, j, k], ddiv[1, i, j, k] = e0 * s[THETA], e1 * s[THETA]
+                e0, e1 = du0[i, j, k], du1[i, j, k]
                 dc = z - e0 * g0[i, j, k] - e1 * g1[i, j, k]
                 inside = (r >= -lt) & (r <= lt)  # no short circuit: a branch
                 dr = dc if inside else z
@@ -286,7 +298,9 @@ def _backward_block(rho_c, g0, g1, inv_sq, s, t, states, du, grads, acc):
         st, new = states[n], states[n + 1]
         _dual_adjoint_sweep(new[0], st[2], st[3], dp[0], dp[1], s, t, part, dg[0], dg[1])
         _dual_adjoint_sweep(new[1], st[4], st[5], dp[2], dp[3], s, t, part, dg[2], dg[3])
-        _primal_adjoint_sweep(rho_c, g0, g1, inv_sq, st, du[0], du[1], dg, s, t, part, grads, ddiv)
+        _step_adjoint_sweep(du[0], dg[0], dg[1], st[2], st[3], s, t, part, ddiv[0])
+        _step_adjoint_sweep(du[1], dg[2], dg[3], st[4], st[5], s, t, part, ddiv[1])
+        _shrink_adjoint_sweep(rho_c, g0, g1, inv_sq, st[0], st[1], du[0], du[1], s, part, grads)
         _div_adjoint_sweep(st[2], st[3], dp[0], dp[1], ddiv[0], s, t, part)
         _div_adjoint_sweep(st[4], st[5], dp[2], dp[3], ddiv[1], s, t, part)
         acc += part  # summed in float64 across iterations and blocks
