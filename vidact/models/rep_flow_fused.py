@@ -8,11 +8,12 @@ this CPU (docs/models.md). Here the maps go in blocks of ``LANES``, laid out (H,
 so that the innermost loop runs over the block's maps: every pixel's arithmetic is the same
 across them, and LLVM turns that loop into SIMD instructions (16 float32 lanes with
 AVX-512). A block's fields fit in a core's cache, so it runs all its iterations there, in
-three sweeps per iteration forward (Eqs. 2-4, then Eq. 5 for each component). The backward recomputes a
-block's iterations into a per-thread buffer (nothing is kept from the forward but its
-inputs) and then applies the exact adjoint of each iteration, in seven sweeps (short loop
-bodies: the adjoint of Eqs. 2-4 as one loop measured slower than as three). Blocks are
-spread over threads (the kernels release the GIL); numba compiles once, cached on disk.
+three sweeps per iteration forward (Eqs. 2-4, then Eq. 5 for each component). The
+backward recomputes a block's iterations into a per-thread buffer (nothing is kept from
+the forward but its inputs) and then applies the exact adjoint of each iteration in seven
+sweeps (short loop bodies: the adjoint of Eqs. 2-4 as one loop measured slower than as
+three). Blocks are spread over threads (the kernels release the GIL); numba compiles
+once, cached on disk.
 The kernels use numba's "numpy" error model: Python's checks for a division by zero
 would be exits from the lane loops, which LLVM then does not vectorise (no division here
 is by zero: 1 + a |grad u| >= 1, and |grad u| >= sqrt(eps)).
