@@ -91,10 +91,14 @@ class ClipTransform:
             return center_box(height, width, self.short_side, self.input_size)
         raise ValueError(f"unknown crop {self.crop!r}")
 
-    def normalize(self, clip: Tensor) -> Tensor:
+    def normalize(self, clip: Tensor, out: Tensor | None = None) -> Tensor:
         """(C, T, H, W) uint8 (or float in [0, 255]) -> float32 network input, contiguous:
-        the clip's one conversion to float, then the normalisation in place."""
-        out = clip.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        the clip's one conversion to float (into `out` when given, e.g. a view's row of a
+        batch), then the normalisation in place."""
+        if out is None:
+            out = clip.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        else:  # the layout change on uint8, then a contiguous conversion: 4x faster
+            out.copy_(clip.contiguous())
         if self.modality == "flow":  # quantised flow in units of the bound, [-1, 1]
             return out.div_(127.5).sub_(1.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1, 1) * 255.0

@@ -181,18 +181,22 @@ def build_views(
     from it. A flipped view reuses the crop of the same box; flipping flow also mirrors
     its x channel (as ClipTransform does).
     """
-    out = []
-    for row in rows:
+    channels = frames.shape[-1]
+    out = torch.empty(
+        len(rows) * len(views), channels, len(rows[0]) if rows else 0, crop_size, crop_size
+    )
+    for r, row in enumerate(rows):
         clip_frames = frames[row]
         cut: dict[Box, Tensor] = {}
-        for view in views:
+        for v, view in enumerate(views):
             if view.box not in cut:
                 cut[view.box] = crop_resize(clip_frames, view.box, crop_size)
             clip = cut[view.box]
             if view.flip:
                 clip = mirror(clip, transform.modality)
-            out.append(transform.normalize(clip.permute(1, 0, 2, 3)))
-    return torch.stack(out)
+            # each view normalised straight into its row of the result: no stack copy
+            transform.normalize(clip.permute(1, 0, 2, 3), out=out[r * len(views) + v])
+    return out
 
 
 def _segmented(sample: Sample) -> bool:
@@ -284,5 +288,5 @@ class VideoViews(Dataset[dict[str, Any]]):
                     train=False, modality=source, mean=spec.mean, std=spec.std
                 )
                 parts.append(build_views(frames, rows, views, spec.crop_size, transform))
-            result.append(torch.cat(parts, dim=1))
+            result.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
         return result
