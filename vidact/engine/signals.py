@@ -8,7 +8,7 @@ main process stops them itself when the loader closes, and a worker whose parent
 exits on its own: torch's worker loop watches the parent's pid). A shielded worker also
 ignores the SIGTERM with which multiprocessing's exit handler ends daemonic children
 before joining them, so persistent workers still alive at interpreter exit (their loader
-kept alive by a reference cycle or a traceback, as under torchrun) would hang the exit:
+still referenced, as happened under torchrun) would hang the exit:
 `stop_workers` ends them when the run ends, however it ends.
 
 In the main process the first SIGINT or SIGTERM sets `StopSignal.requested`; the loop
