@@ -183,7 +183,12 @@ def build_views(
     """
     channels = frames.shape[-1]
     out = torch.empty(
-        len(rows) * len(views), channels, len(rows[0]) if rows else 0, crop_size, crop_size
+        len(rows) * len(views),
+        channels,
+        len(rows[0]) if rows else 0,
+        crop_size,
+        crop_size,
+        dtype=torch.float32,  # what normalize returns, whatever torch's default dtype
     )
     for r, row in enumerate(rows):
         clip_frames = frames[row]
