@@ -166,6 +166,21 @@ def test_flow_folder_reads_x_and_y_planes(tmp_path: Path) -> None:
     assert abs(int(flow[0, 4, 4, 0]) - 80) <= 2 and abs(int(flow[1, 4, 4, 1]) - 200) <= 2
 
 
+def test_flow_pairs_are_the_planes_pixel_for_pixel_in_the_order_asked(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 256, (5, 2, 6, 10), dtype=np.uint8)  # lossless PNGs of noise
+    for i, (x, y) in enumerate(planes):
+        cv2.imwrite(str(tmp_path / f"x_{i + 1:05d}.png"), x)
+        cv2.imwrite(str(tmp_path / f"y_{i + 1:05d}.png"), y)
+    wanted = [3, 0, 3, 4]  # out of order and repeated
+    flow = video.read_flow_frames(tmp_path, wanted, ("x_{:05d}.png", "y_{:05d}.png"))
+    assert flow.shape == (4, 6, 10, 2) and flow.flags.c_contiguous
+    assert np.array_equal(flow, planes[wanted].transpose(0, 2, 3, 1))
+    cv2.imwrite(str(tmp_path / "y_00002.png"), planes[1, 1, :4])  # one y frame cut short
+    with pytest.raises(VideoReadError, match="differ in size"):
+        video.read_flow_frames(tmp_path, [0, 1], ("x_{:05d}.png", "y_{:05d}.png"))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_missing_empty_text_and_truncated_files_raise_one_error_type(
     tmp_path: Path, numbered_video: Path, backend: str
