@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
-from vidact.data.dataset import EpochBatchSampler
+from vidact.data.dataset import EpochBatchSampler, build_loader
 from vidact.data.sampling import sample_indices, uniform_clip_indices
-from vidact.data.transforms import ClipTransform, center_box, fixed_offsets, multiscale_box
+from vidact.data.transforms import (
+    ClipTransform,
+    center_box,
+    crop_resize,
+    fixed_offsets,
+    multiscale_box,
+)
 
 
 def test_consecutive_dense_and_segment_indices() -> None:
@@ -65,6 +72,24 @@ def test_epoch_batches_shuffle_per_epoch_and_resume_mid_epoch() -> None:
     sampler.set_epoch(1, start_batch=2)
     assert [i for b in sampler for _, i in b] == second[8:]
     assert len(sampler) == 3
+
+
+class OpenCVThreads(Dataset[int]):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, key: object) -> int:
+        return cv2.getNumThreads()
+
+
+def test_loader_workers_resize_and_decode_in_one_opencv_thread() -> None:
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(4)  # what a forked worker would inherit
+    try:
+        loader = build_loader(OpenCVThreads(), 1, shuffle=False, workers=1)  # type: ignore[arg-type]
+        assert [int(batch) for batch in loader] == [1, 1]
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_multiscale_crop_uses_paper_scales_and_fixed_positions() -> None:
@@ -157,6 +182,26 @@ def test_uint8_transform_equals_the_float_path_within_one_grey_level(
         error = (fast - slow).abs().max().item()
         assert error <= one_level * 1.0001
     assert (fast - slow).abs().mean().item() < one_level / 2  # rounding, not a shifted filter
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+@pytest.mark.parametrize("box_hw", [(20, 20), (20, 32), (32, 13), (40, 25), (48, 48)])
+def test_crop_resize_is_the_float_filter_within_one_grey_level(
+    channels: int, box_hw: tuple[int, int]
+) -> None:
+    """Enlarging (OpenCV's bilinear for two channels, torch's for three), one axis kept,
+    and shrinking (torch's antialiased filter): each pixel within one grey level of the
+    antialiased bilinear filter in float, on noise (the worst case for rounding)."""
+    frames = np.random.default_rng(3).integers(0, 256, (3, 50, 60, channels), dtype=np.uint8)
+    box = (5, 7, *box_hw)
+    fast = crop_resize(frames, box, 32)
+    top, left, h, w = box
+    crop = torch.from_numpy(frames[:, top : top + h, left : left + w].astype(np.float32))
+    slow = F.interpolate(crop.permute(0, 3, 1, 2), size=(32, 32), mode="bilinear",
+                         align_corners=False, antialias=True)  # fmt: skip
+    assert fast.shape == (3, channels, 32, 32) and fast.dtype == torch.uint8
+    error = (fast.float() - slow).abs()
+    assert error.max().item() <= 1.0 and error.mean().item() < 0.5
 
 
 def test_uint8_transform_is_exact_when_nothing_is_resized() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -219,6 +220,13 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(self.batches_per_epoch - self.start_batch, 0)
 
 
+def one_opencv_thread(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: torch runs one thread per worker, and so should
+    OpenCV's resizes and image decoding (else each worker starts a pool of its own)."""
+    del worker_id
+    cv2.setNumThreads(1)
+
+
 def build_loader(
     dataset: ClipDataset,
     batch_size: int,
@@ -243,5 +251,6 @@ def build_loader(
         pin_memory=pin_memory and torch.cuda.is_available(),
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=one_opencv_thread if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )

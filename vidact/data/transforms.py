@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -108,22 +109,29 @@ class ClipTransform:
 
 def crop_resize(frames: np.ndarray, box: Box, size: int | tuple[int, int]) -> Tensor:
     """Crop `box` from every frame and resize it to `size`, all on uint8:
-    (T, H, W, C) -> uint8 (T, C, h, w).
+    (T, H, W, C) -> uint8 (T, C, h, w), channels last in memory.
 
-    The resize is torch's antialiased bilinear filter (torchvision.transforms.v2, its
-    SIMD path for uint8 images): the filter the float path used before, so the only
-    change is the rounding of each resized pixel to an integer (at most one grey level;
-    tests/data/test_sampling_transforms.py holds the float reference). OpenCV's
-    INTER_LINEAR would be faster on large crops but skips source pixels when it shrinks
-    more than twofold (aliasing); INTER_AREA antialiases but is slower here.
+    The filter is bilinear, antialiased when it shrinks: torch's antialiased bilinear
+    filter (torchvision.transforms.v2, its SIMD path for uint8 images), the filter the
+    float path used before, so the only change is the rounding of each resized pixel to
+    an integer (at most one grey level; tests/data/test_sampling_transforms.py holds the
+    float reference). OpenCV's INTER_LINEAR skips source pixels when it shrinks more than
+    twofold (aliasing), and INTER_AREA antialiases but is slower. When nothing shrinks the
+    two filters are the same bilinear interpolation, and for two-channel flow, which torch
+    has no SIMD code for (it has for 3 and 4 channels), OpenCV's is twice as fast.
     """
     top, left, height, width = box
-    clip = torch.from_numpy(frames[:, top : top + height, left : left + width])
-    clip = clip.permute(0, 3, 1, 2)  # (T, C, h, w), channels last in memory
-    out_hw = (size, size) if isinstance(size, int) else size
-    if tuple(clip.shape[-2:]) != out_hw:
-        clip = TF.resize(clip, list(out_hw), InterpolationMode.BILINEAR, antialias=True)
-    return clip
+    crop = frames[:, top : top + height, left : left + width]
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    if (height, width) == (out_h, out_w):
+        return torch.from_numpy(crop).permute(0, 3, 1, 2)
+    if crop.shape[-1] == 2 and height <= out_h and width <= out_w:
+        out = np.empty((len(crop), out_h, out_w, 2), np.uint8)
+        for frame, dst in zip(crop, out, strict=True):
+            cv2.resize(frame, (out_w, out_h), dst=dst, interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+    clip = torch.from_numpy(crop).permute(0, 3, 1, 2)  # (T, C, h, w), channels last
+    return TF.resize(clip, [out_h, out_w], InterpolationMode.BILINEAR, antialias=True)
 
 
 def mirror(clip: Tensor, modality: str) -> Tensor:

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 
 from vidact import console
 from vidact.data.class_order import check_checkpoint_classes
+from vidact.data.dataset import one_opencv_thread
 from vidact.data.manifest import Sample, load_manifest, read_label_map
 from vidact.data.views import VideoViews, ViewSpec
 from vidact.engine import distributed, report
@@ -389,8 +390,9 @@ def score_videos(
     )  # fmt: skip
     workers = min(data.num_workers, len(todo))
     loader = DataLoader(
-        videos, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None
-    )
+        videos, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
+        worker_init_fn=one_opencv_thread if workers else None,
+    )  # fmt: skip
     failed: list[tuple[int, str]] = []
     unsaved: dict[int, np.ndarray] = {}
     scored = 0
