@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vidact.data.views as views_module
 from vidact.data.crops import Crops
 from vidact.data.dataset import ClipSpec
 from vidact.data.manifest import Sample
-from vidact.data.transforms import ClipTransform, center_box
-from vidact.data.views import VideoViews, View, ViewSpec, build_views, view_boxes
+from vidact.data.transforms import ClipTransform, center_box, crop_resize
+from vidact.data.views import VideoViews, View, ViewSpec, build_views, cut_boxes, view_boxes
 
 
 def test_parse_crops() -> None:
@@ -70,6 +71,51 @@ def test_centre_view_is_the_validation_view() -> None:
     )
     assert built.shape == (1, 3, 4, 24, 24)
     assert torch.equal(built[0], transform(frames))
+
+
+def literal_views(frames: np.ndarray, boxes: list[tuple[int, int, int, int]], size: int) -> Any:
+    """The several-view definition, literally, in float: resize the whole frames at the
+    boxes' scale (antialiased bilinear), then cut each box at its rounded offset."""
+    height, width = frames.shape[1:3]
+    scale_y, scale_x = size / boxes[0][2], size / boxes[0][3]
+    out = (round(height * scale_y), round(width * scale_x))
+    clip = torch.from_numpy(frames.astype(np.float32)).permute(0, 3, 1, 2)
+    resized = F.interpolate(clip, size=out, mode="bilinear", align_corners=False, antialias=True)
+    views = {}
+    for top, left, h, w in boxes:
+        y, x = round(top * scale_y), round(left * scale_x)
+        views[(top, left, h, w)] = resized[..., y : y + size, x : x + size]
+    return views
+
+
+@pytest.mark.parametrize("crops", ["3", "10", "random:7"])
+def test_several_views_are_crops_of_the_frames_resized_once(crops: str) -> None:
+    """Within one grey level of the float definition (uint8 rounding), on noise."""
+    frames = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    boxes = [
+        v.box for v in view_boxes(48, 64, 32, 24, Crops.parse(crops), np.random.default_rng(1))
+    ]
+    fast, slow = cut_boxes(frames, boxes, 24), literal_views(frames, boxes, 24)
+    assert fast.keys() == slow.keys()
+    for box, view in fast.items():
+        assert view.shape == (3, 3, 24, 24) and view.dtype == torch.uint8
+        assert (view.float() - slow[box]).abs().max().item() <= 1.0
+
+
+def test_several_views_move_by_at_most_half_a_resized_pixel() -> None:
+    """On a ramp (grey level = 2 x source column), each view cut from the resized frames
+    matches its box cropped and resized on its own to within half a resized pixel of
+    the ramp, away from the crop's edges (where a lone crop's filter is cut short)."""
+    ramp = (2 * np.arange(120)).astype(np.uint8)
+    frames = np.broadcast_to(ramp[None, None, :, None], (2, 90, 120, 3)).copy()
+    boxes = [v.box for v in view_boxes(90, 120, 64, 48, Crops.parse("3"))]
+    scale = 48 / boxes[0][3]
+    cut = cut_boxes(frames, boxes, 48)
+    for box in boxes:
+        alone = crop_resize(frames, box, 48).float()[..., 2:-2]
+        assert (cut[box].float()[..., 2:-2] - alone).abs().max().item() <= 2 * 0.5 / scale + 1
+    single = [boxes[1]]  # one box: cropped and resized, the validation pixels exactly
+    assert torch.equal(cut_boxes(frames, single, 48)[boxes[1]], crop_resize(frames, boxes[1], 48))
 
 
 def test_random_crops_are_seeded_inside_the_frame_and_differ() -> None:
