@@ -1,7 +1,7 @@
 """Throughput of the clip loader against a bare loop on the same videos, and of each
 video backend.
 
-    python benchmarks/loader.py                        # every comparison, 3 interleaved repeats
+    python benchmarks/loader.py                        # every comparison, 5 interleaved repeats
     python benchmarks/loader.py --clips 24 --repeats 1 # quicker
     python benchmarks/loader.py --only views --sizes 640x272
     python benchmarks/loader.py --backends             # frames/s and exactness per backend
@@ -19,9 +19,12 @@ Comparisons, each vidact against a bare loop doing the same work as anyone would
   views                 `VideoViews` (4 clips x 3 crops of 16 frames), against: one
                         get_batch of the clips' frames, cv2.resize to short side 256, the
                         same 12 crops cut and normalised.
-Each is timed in this process with one thread, and through a DataLoader with 2 workers
-(batches of 4). Runs alternate (bare, vidact, vidact, bare, ...) so that load from other
-processes hits both alike; the ratio of the medians is the figure to quote.
+Both decode the same frames (the bare loop takes the clip starts vidact draws: with one
+key frame per 250, a clip's decoding cost grows with its start). Each is timed in this
+process with one thread, and through a DataLoader with 2 workers (batches of 4). Runs
+alternate (bare, vidact, vidact, bare, ...) so that load from other processes hits both
+alike; the ratio of the medians is the figure to quote, and the range of the repeats'
+ratios says how far to trust it.
 """
 
 from __future__ import annotations
@@ -159,10 +162,21 @@ def _flow_batch(folder: Path, indices: list[int]) -> np.ndarray:
 
 
 class BareClips(Dataset[torch.Tensor]):
-    """The bare training loop as a Dataset (so that it runs under a DataLoader alike)."""
+    """The bare training loop as a Dataset (so that it runs under a DataLoader alike).
 
-    def __init__(self, samples: list[Sample], root: Path, modality: str) -> None:
+    It decodes the frames `frames_of(key)` names: the ones vidact picks for the same key.
+    With one key frame per 250, the cost of a clip grows with its start, so clips drawn
+    apart would make the two loops' decoding differ by chance."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        root: Path,
+        modality: str,
+        frames_of: Callable[[int], list[int]],
+    ) -> None:
         self.samples, self.root, self.modality = samples, root, modality
+        self.frames_of = frames_of
 
     def __len__(self) -> int:
         return 1 << 30
@@ -170,8 +184,7 @@ class BareClips(Dataset[torch.Tensor]):
     def __getitem__(self, key: int) -> torch.Tensor:
         sample = self.samples[key % len(self.samples)]
         rng = np.random.default_rng(key)
-        start = int(rng.integers(sample.num_frames - FRAMES))  # one fewer: flow pairs
-        indices = list(range(start, start + FRAMES))
+        indices = self.frames_of(key)
         parts = []
         if "rgb" in self.modality:
             frames = _resized(_decord_batch(self.root / sample.path, indices))
@@ -266,8 +279,12 @@ def compare(
         for label, dataset in order if r % 2 == 0 else order[::-1]:
             rates[label].append(clips_per_second(dataset, clips, workers, offset=1000 * r))
     b, v = statistics.median(rates["bare"]), statistics.median(rates["vidact"])
+    pairs = [v / b for v, b in zip(rates["vidact"], rates["bare"], strict=True)]
     where = "1 thread" if workers == 0 else f"{workers} workers"
-    print(f"  {name:<22} {where:<10} bare {b:7.2f} clips/s   vidact {v:7.2f}   ratio {v / b:.2f}")
+    print(
+        f"  {name:<22} {where:<10} bare {b:7.2f} clips/s   vidact {v:7.2f}   ratio {v / b:.2f}"
+        f"   (repeats {min(pairs):.2f}-{max(pairs):.2f})"
+    )
     return b, v
 
 
@@ -280,7 +297,14 @@ def run_loader(args: argparse.Namespace, samples: list[Sample], root: Path) -> N
 
         def make(modality: str = modality, spec: ClipSpec = spec) -> Any:
             ours = ClipDataset(samples, root, spec, transform, seed=0)
-            return BareClips(samples, root, modality), Keys(ours, len(samples), pair=True)
+
+            def frames_of(key: int, ours: ClipDataset = ours) -> list[int]:
+                epoch, index = divmod(key, len(samples))  # as Keys below
+                rng = np.random.default_rng([ours.seed, epoch, index])  # as ClipDataset
+                return ours.clip_indices(samples[index], samples[index].num_frames, 0.0, rng)
+
+            bare = BareClips(samples, root, modality, frames_of)
+            return bare, Keys(ours, len(samples), pair=True)
 
         cases.append((modality, make))
     cases.append(
@@ -329,7 +353,7 @@ def run_backends(samples: list[Sample], root: Path, clips: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=32, help="clips per timed run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="640x272,1280x720")
     parser.add_argument("--videos", type=int, default=2, help="videos per size")
     parser.add_argument("--only", default="", help="rgb | flow | rgb+flow | views")
