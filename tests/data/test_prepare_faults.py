@@ -156,9 +156,11 @@ def _sequential_count(path: Path) -> int:
     return count
 
 
-@pytest.mark.parametrize("mode", ["none", "frames"])
+@pytest.mark.parametrize(
+    ("mode", "backend"), [("none", None), ("frames", None), ("frames", "pyav")]
+)
 def test_a_truncated_video_records_the_frames_that_decode_with_a_warning(
-    tmp_path: Path, mode: str
+    tmp_path: Path, mode: str, backend: str | None
 ) -> None:
     videos = tmp_path / "ds" / "clips"
     whole = _faststart_mp4(videos / "whole.mp4", numbered_frames(60))
@@ -168,7 +170,9 @@ def test_a_truncated_video_records_the_frames_that_decode_with_a_warning(
     decodable = _sequential_count(cut)
     assert 0 < decodable < 60 and _sequential_count(whole) == 60
     out = tmp_path / "out"
-    summary = prepare("folder", tmp_path / "ds", None, out, mode=mode, short_side=0, workers=0)
+    summary = prepare(
+        "folder", tmp_path / "ds", None, out, mode=mode, short_side=0, workers=0, backend=backend
+    )
     assert (summary.done, summary.failed, summary.warnings) == (2, 0, 1)
     samples = {Path(s.path).stem: s for s in load_manifest(out / "train.jsonl")}
     assert (samples["whole"].num_frames, samples["cut"].num_frames) == (60, decodable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -112,6 +113,24 @@ def test_fps_option_resamples_frames(tmp_path: Path) -> None:
     prepare_dataset(source, out, PrepareOptions(short_side=0, fps=10.0), workers=0)
     frames = video.read_all_frames(out / "frames/clips/v0")
     assert [frame_index_of(f) for f in frames] == [0, 2, 5, 7, 10, 12, 15, 17]  # 25 -> 10 fps
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "opencv"])
+def test_every_reader_prepares_the_same_frames(
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$VIDACT_VIDEO_BACKEND chooses prepare's reader too; each gives every frame, in
+    order, with the segment and the frame rate applied alike."""
+    monkeypatch.setenv("VIDACT_VIDEO_BACKEND", backend)
+    source = _numbered_source(tmp_path / "src", [20, 9])
+    record = source.splits["train"][0]
+    source.splits["train"][0] = dataclasses.replace(record, start=0.2, end=0.72)
+    out = tmp_path / "out"
+    summary = prepare_dataset(source, out, PrepareOptions(short_side=0, fps=10.0), workers=0)
+    assert (summary.done, summary.failed, summary.warnings) == (2, 0, 0)
+    cut, whole = (video.read_all_frames(out / f"frames/clips/v{i}") for i in range(2))
+    assert [frame_index_of(f) for f in cut] == [5, 7, 10, 12, 15, 17]  # [0.2, 0.72) s at 10 fps
+    assert [frame_index_of(f) for f in whole] == [0, 2, 5, 7]
 
 
 def test_videos_mode_reencodes_at_the_short_side(tmp_path: Path) -> None:

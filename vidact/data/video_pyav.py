@@ -40,7 +40,9 @@ class PacketIndex:
     height: int
 
 
-def _open(path: Path) -> Any:
+def open_container(path: Path) -> Any:
+    """`path` opened by PyAV, its first video stream decoding in one thread (raises
+    VideoReadError when it is not a video)."""
     import av
 
     try:
@@ -64,7 +66,7 @@ def index_packets(path: Path) -> PacketIndex:
     """Demux every packet of the first video stream (no decoding)."""
     import av
 
-    container = _open(path)
+    container = open_container(path)
     try:
         stream = container.streams.video[0]
         stamps: list[int | None] = []
@@ -111,7 +113,7 @@ def _read_by_pts(path: Path, unique: list[int], pts: list[int], keys: list[int])
     """Decode the frames `unique` (sorted) by seeking to key frames and matching pts."""
     import av
 
-    container = _open(path)
+    container = open_container(path)
     out: list[Any] = []
     try:
         stream = container.streams.video[0]
@@ -148,7 +150,7 @@ def _read_sequential(path: Path, unique: list[int]) -> list[Any]:
     """Decode from the start, counting frames, up to the last of `unique` (sorted)."""
     import av
 
-    container = _open(path)
+    container = open_container(path)
     out: list[Any] = []
     wanted = iter(unique)
     next_wanted = next(wanted)

@@ -1,4 +1,4 @@
-"""Frame decode and encode for the worker: the readers (decord, OpenCV, a JPEG frame
+"""Frame decode and encode for the worker: the readers (decord, PyAV, OpenCV, a frame
 folder), each yielding the selected frames of one video in order, and the writers (resized
 JPEG frames, an MPEG-4 video, quantised TV-L1 flow images fed frame by frame)."""
 
@@ -158,6 +158,48 @@ class OpenCVFrames(Frames):
             capture.release()
 
 
+class PyAVFrames(Frames):
+    """One sequential PyAV decode: frame i is the i-th frame decoded (exact by definition,
+    like OpenCV's reader below), with FFmpeg's libraries from the `av` wheel."""
+
+    rgb = True
+
+    def __init__(self, path: str, job: VideoJob, fps: float | None) -> None:
+        self.path, self.job, self.target_fps = path, job, fps
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import av
+
+        from vidact.data.video_pyav import open_container
+
+        try:
+            container = open_container(Path(self.path))
+        except VideoReadError as exc:
+            raise DecodeError(f"PyAV could not open it: {exc.reason}") from None
+        try:
+            stream = container.streams.video[0]
+            self.fps = float(stream.average_rate or 0.0)
+            listed = max(int(stream.frames or 0), header_frames(self.path))
+            total = listed if listed > 0 else sys.maxsize  # no count: to the stream's end
+            wanted = iter_indices(total, self.fps, self.target_fps, self.job.start, self.job.end)
+            index, position = next(wanted, None), 0
+            try:
+                for frame in container.decode(stream):
+                    if index is None:
+                        return
+                    if position == index:
+                        yield frame.to_ndarray(format="rgb24")
+                        index = next(wanted, None)
+                    position += 1
+            except av.error.FFmpegError as exc:  # a broken packet: the end, as for OpenCV
+                if position == 0:
+                    raise DecodeError(f"PyAV could not decode it: {short_reason(exc)}") from None
+            if index is not None and total != sys.maxsize:
+                self.warning = truncation(position, listed)
+        finally:
+            container.close()
+
+
 def truncation(decoded: int, listed: int) -> str:
     """The warning for a video that decodes fewer frames than its header lists."""
     return (
@@ -228,17 +270,20 @@ class FolderFrames(Frames):
 
 
 def frame_readers(job: VideoJob, options: PrepareOptions) -> list[tuple[str, Callable[[], Frames]]]:
-    """The readers to try in turn: decord then OpenCV (auto), or just one."""
+    """The readers to try in turn: decord then OpenCV (auto), or just the one chosen.
+    They read forward, where every backend is exact (PyAV is never needed for that)."""
     if job.folder_fps is not None:
         return [("frames", lambda: FolderFrames(job.source, job, options.fps))]
     choice = options.backend or default_backend()
     readers: list[tuple[str, Callable[[], Frames]]] = []
     if choice in ("auto", "decord") and decord_available():
         readers.append(("decord", lambda: DecordFrames(job.source, job, options.fps)))
+    if choice == "pyav":
+        readers.append(("pyav", lambda: PyAVFrames(job.source, job, options.fps)))
     if choice in ("auto", "opencv"):
         readers.append(("opencv", lambda: OpenCVFrames(job.source, job, options.fps)))
     if not readers:
-        raise VidactError(f"video backend {choice!r} is not available; use auto or opencv")
+        raise VidactError(f"video backend {choice!r} is not available; use auto, pyav or opencv")
     return readers
 
 

@@ -43,7 +43,9 @@ class PrepareOptions:
     fps: float | None = setting(None, "--fps", "Resample to this frame rate (default: keep all).")
     quality: int = setting(90, "--quality", "JPEG quality of --mode frames (1-100).")
     # the video reader; library only (None: vidact.data.video's default)
-    backend: str | None = setting(None, None, '"auto" (decord, then OpenCV), "decord", "opencv"')
+    backend: str | None = setting(
+        None, None, '"auto" (decord, then OpenCV), "decord", "pyav", "opencv"'
+    )
     flow: str = setting(
         "none",
         "--flow",
