@@ -20,7 +20,7 @@ import numpy as np
 
 from vidact.atomic import atomic_path, atomic_write_text
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: several crops of a clip are cut from its frames resized once
 
 
 def sha256_file(path: Path) -> str:
