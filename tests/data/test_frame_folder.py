@@ -3,6 +3,7 @@ against a literal reader, the pattern detected or forced, and the header check."
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -140,3 +141,7 @@ def test_header_check_names_what_is_wrong(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
         assert image_problem(tmp_path / name).startswith(reason), name
         assert cv2.imread(str(tmp_path / name)) is None or "cut" in name
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block: it is judged unopened
+    assert image_problem(tmp_path / "pipe.jpg").startswith("a FIFO (named pipe), not a regular")
+    (tmp_path / "folder.jpg").mkdir()
+    assert image_problem(tmp_path / "folder.jpg") == "a directory, not an image"

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import frame_index_of, numbered_frames
-from tests.data.fake_datasets import corrupt, make_folder, read_jsonl
+from tests.data.fake_datasets import corrupt, make_folder, make_frame_folder_classes, read_jsonl
 from vidact.cli import app
 from vidact.data import video
 from vidact.data.manifest import load_manifest
@@ -63,6 +63,24 @@ def test_fifo_directory_and_empty_file_are_failed_with_their_reason(
     }
     assert len(load_manifest(out / "train.jsonl")) == 4
     assert summary.outcome.code == EXIT_TOO_MANY_FAILED  # 3 of 7
+
+
+@pytest.mark.timeout(120)  # the disk estimate used to open the FIFO and block forever
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_fifo_among_a_folders_frames_fails_that_video_unopened(
+    tmp_path: Path, workers: int
+) -> None:
+    data = make_frame_folder_classes(tmp_path / "f", {"cats": 2}, template="img_{:05d}.jpg")
+    first = sorted((data.videos / "cats" / "cats clip 1").iterdir())[0]
+    first.unlink()
+    os.mkfifo(first)
+    out = tmp_path / "out"
+    summary = prepare("folder", data.videos, None, out, workers=workers)
+    assert (summary.done, summary.failed) == (1, 1)
+    (reason,) = _reasons(out).values()
+    assert reason.endswith(
+        f"frame {first.name} is a FIFO (named pipe), not a regular file: it is never opened"
+    )
 
 
 def hang_on_slow(job: VideoJob, output: Path) -> int:

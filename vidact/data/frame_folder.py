@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -168,10 +169,27 @@ def _scan(folder: str, stamp: int, pattern: str | None) -> FrameSequence:
 _JPEG, _PNG, _BMP = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM"
 
 
+def not_a_regular_file(mode: int) -> str:
+    """Why a file of this `st_mode` is never opened ('' for a regular file): opening a
+    FIFO blocks until something writes to it."""
+    if stat.S_ISREG(mode):
+        return ""
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a special file"
+    return f"{kind}, not a regular file: it is never opened"
+
+
 def image_problem(path: str | Path) -> str:
-    """'' for an image whose header and end look whole, else why not: empty, not an image,
-    or cut short (a JPEG without its end marker, a PNG without IEND). Reads 16 bytes at
-    each end of the file."""
+    """'' for an image whose header and end look whole, else why not: a directory or no
+    regular file (never opened), empty, not an image, or cut short (a JPEG without its end
+    marker, a PNG without IEND). Reads 16 bytes at each end of the file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a directory, not an image"
+    if not_a_regular_file(mode):
+        return not_a_regular_file(mode)
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)

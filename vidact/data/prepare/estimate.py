@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from vidact import console
+from vidact.data.frame_folder import image_problem
 from vidact.data.prepare.faults import source_problem
 from vidact.data.prepare.frames import (
     VIDEO_FOURCC,
@@ -43,7 +44,7 @@ def _estimate_one(job: VideoJob, options: PrepareOptions, workdir: Path) -> floa
 
     if job.folder_fps is not None:
         images = folder_images(Path(job.source))
-        if not images:
+        if not images or image_problem(images[0]):  # never open a FIFO
             return None
         kept = len(select_indices(len(images), job.folder_fps, options.fps, job.start, job.end))
         first = cv2.imread(str(images[0]), cv2.IMREAD_COLOR)
@@ -95,12 +96,15 @@ def _estimate_flow_one(
     if job.folder_fps is not None:
         images = folder_images(Path(job.source))
         kept = select_indices(len(images), job.folder_fps, options.fps, job.start, job.end)
-        first = cv2.imread(str(images[0]), cv2.IMREAD_COLOR) if images else None
+        readable = images and not image_problem(images[0])
+        first = cv2.imread(str(images[0]), cv2.IMREAD_COLOR) if readable else None
         if first is None:
             return 0.0, None
         height, width = first.shape[:2]
 
         def load(picks: list[int]) -> np.ndarray:
+            if any(image_problem(images[i]) for i in picks):
+                raise DecodeError("an image of the frame folder is unreadable")
             gray = [cv2.imread(str(images[i]), cv2.IMREAD_GRAYSCALE) for i in picks]
             if any(g is None for g in gray):
                 raise DecodeError("an image of the frame folder is unreadable")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
+from vidact.data.frame_folder import not_a_regular_file
 from vidact.errors import VidactError
 
 EXIT_OK = 0
@@ -50,9 +51,8 @@ def source_problem(path: str, frame_folder: bool = False) -> tuple[str, str] | N
         return None if frame_folder else ("failed", A_DIRECTORY)
     if frame_folder:
         return "failed", "a file, not a folder of frames"
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a special file"
-        return "failed", f"{kind}, not a regular file: it is never opened"
+    if not_a_regular_file(info.st_mode):
+        return "failed", not_a_regular_file(info.st_mode)
     if info.st_size == 0:
         return "failed", EMPTY
     return None

@@ -379,6 +379,7 @@ def write_frames(
 ) -> tuple[int, int]:
     """Resize + JPEG-encode every frame into `folder` (and feed `flow`); (frames, bytes)."""
     if isinstance(frames, FolderFrames):
+        check_image(frames.images[0])  # never open a FIFO
         first = cv2.imread(str(frames.images[0]), cv2.IMREAD_UNCHANGED)
         height, width = first.shape[:2] if first is not None else (0, 0)
         if first is not None and output_size(width, height, options.short_side) == (width, height):
