@@ -41,22 +41,30 @@ def segment_indices(num_frames: int, clip_len: int, rng: np.random.Generator | N
     return np.minimum((edges[:-1] + offsets).astype(np.int64), num_frames - 1)
 
 
-def segment_range(
+def segment_bounds(
     num_frames: int, fps: float, start: float | None, end: float | None
 ) -> tuple[int, int]:
-    """Frames [first, stop) of the segment [start, end) seconds of a `num_frames` video at
-    `fps`, the frames `vidact prepare` extracts for it (data/prepare/options.py's
-    iter_indices): every frame shown during [start, end), frame i being shown over
-    [i / fps, (i + 1) / fps). Either end may be None (the video's start or end).
-    ValueError if the segment holds no frame."""
+    """Frames [first, stop) shown during [start, end) seconds of a `num_frames` video at
+    `fps`, frame i being shown over [i / fps, (i + 1) / fps); the whole video when `fps`
+    is unknown (0). Either end may be None (the video's start or end); first == stop when
+    the segment holds no frame. What `vidact prepare` extracts (prepare/options.py)."""
     first, stop = 0, num_frames
-    if start is not None or end is not None:
-        if fps <= 0:
-            raise ValueError("a [start, end) segment in seconds needs the frame rate")
+    if fps > 0:
         if start is not None:
             first = min(num_frames, max(0, math.floor(start * fps + 1e-6)))
         if end is not None:
             stop = min(num_frames, max(first, math.ceil(end * fps - 1e-6)))
+    return first, stop
+
+
+def segment_range(
+    num_frames: int, fps: float, start: float | None, end: float | None
+) -> tuple[int, int]:
+    """`segment_bounds` for clips: ValueError if the segment needs a frame rate that is
+    unknown, or holds no frame."""
+    if (start is not None or end is not None) and fps <= 0:
+        raise ValueError("a [start, end) segment in seconds needs the frame rate")
+    first, stop = segment_bounds(num_frames, fps, start, end)
     if stop <= first:
         raise ValueError(
             f"the segment [{start}, {end}) s holds no frame of {num_frames} at {fps:g} fps"

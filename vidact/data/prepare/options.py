@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from vidact.constants import FLOW_BACKENDS, FLOW_BOUND
 from vidact.data.prepare.faults import MAX_FAILED
+from vidact.data.sampling import segment_bounds
 from vidact.errors import VidactError
 
 MODES = ("none", "frames", "videos")
@@ -231,12 +232,7 @@ def iter_indices(
     end: float | None = None,
 ) -> Iterator[int]:
     """Which source frames to keep, lazily: the [start, end) segment resampled to `fps`."""
-    first, stop = 0, num_frames
-    if source_fps > 0:
-        if start is not None:
-            first = min(num_frames, max(0, math.floor(start * source_fps + 1e-6)))
-        if end is not None:
-            stop = min(num_frames, max(first, math.ceil(end * source_fps - 1e-6)))
+    first, stop = segment_bounds(num_frames, source_fps, start, end)
     if fps is None or source_fps <= 0 or fps >= source_fps:
         yield from range(first, stop)
         return
