@@ -183,13 +183,15 @@ class PyAVFrames(Frames):
             total = listed if listed > 0 else sys.maxsize  # no count: to the stream's end
             wanted = iter_indices(total, self.fps, self.target_fps, self.job.start, self.job.end)
             index, position = next(wanted, None), 0
+            if index is None:
+                return
             try:
                 for frame in container.decode(stream):
-                    if index is None:
-                        return
                     if position == index:
                         yield frame.to_ndarray(format="rgb24")
                         index = next(wanted, None)
+                        if index is None:
+                            return
                     position += 1
             except av.error.FFmpegError as exc:  # a broken packet: the end, as for OpenCV
                 if position == 0:
