@@ -188,8 +188,8 @@ def image_problem(path: str | Path) -> str:
         return f"unreadable ({exc.strerror})"
     if stat.S_ISDIR(mode):
         return "a directory, not an image"
-    if not_a_regular_file(mode):
-        return not_a_regular_file(mode)
+    if special := not_a_regular_file(mode):
+        return special
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)

@@ -51,8 +51,8 @@ def source_problem(path: str, frame_folder: bool = False) -> tuple[str, str] | N
         return None if frame_folder else ("failed", A_DIRECTORY)
     if frame_folder:
         return "failed", "a file, not a folder of frames"
-    if not_a_regular_file(info.st_mode):
-        return "failed", not_a_regular_file(info.st_mode)
+    if special := not_a_regular_file(info.st_mode):
+        return "failed", special
     if info.st_size == 0:
         return "failed", EMPTY
     return None
